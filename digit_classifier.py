@@ -1,0 +1,1486 @@
+"""Train a dense neural network on MNIST (or Fashion-MNIST), evaluate it, and report.
+
+    python digit_classifier.py                              # train, evaluate, write outputs/
+    python digit_classifier.py --data-dir ../shared/data/mnist --epochs 20
+    python digit_classifier.py --predict my_digit.png       # classify your own images
+    python digit_classifier.py --compare 100 100,100 512,256 --repeats 3
+
+The file reads in the order data flows: configuration, data, model, training,
+evaluation, reports, prediction, comparison, command line. TensorFlow, Keras and
+Matplotlib are imported inside the functions that need them, so `--help` and usage
+errors answer at once.
+"""
+
+import argparse
+import base64
+import dataclasses
+import gzip
+import html
+import io
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+DIGITS = tuple(str(d) for d in range(10))
+DATASETS = {
+    "mnist": {"title": "MNIST", "classes": DIGITS},
+    "fashion-mnist": {
+        "title": "Fashion-MNIST",
+        "classes": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    },
+}
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+EVAL_BATCH_SIZE = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a run; the single home of all defaults, saved in metrics.json."""
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    output_dir: str = "outputs"
+    hidden: tuple[int, ...] = (100, 100, 100)
+    dropout: float = 0.0
+    augment: bool = False
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    validation_split: float = 0.1
+    patience: int | None = None
+    steps_per_execution: int = 1
+    seed: int = 42
+    deterministic: bool = False
+    resume: bool = False
+    repeats: int = 1
+    backend: str = "tensorflow"
+    preset: str | None = None
+    quiet: bool = False
+
+
+PRESETS = {
+    "seed": dict(hidden=(100, 100, 100), dropout=0.0, learning_rate=1e-3, batch_size=32,
+                 epochs=5, lr_schedule="constant", warmup_epochs=0, steps_per_execution=1),
+}
+
+# Settings that change what a checkpoint holds; a resumed run must match them all.
+RESUME_KEYS = ("dataset", "data_dir", "hidden", "dropout", "augment", "epochs", "batch_size",
+               "learning_rate", "lr_schedule", "warmup_epochs", "validation_split", "seed",
+               "steps_per_execution", "backend")
+
+
+class RunError(Exception):
+    """A failure the user can act on: reported as one line, exit status 1."""
+
+
+# ---------------------------------------------------------------------------
+# Data: read, validate, split, scale
+# ---------------------------------------------------------------------------
+
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 or 1 dimensions
+
+
+def find_idx_file(data_dir, stem):
+    """Return the path of one IDX file in data_dir, accepting the common spellings."""
+    dotted = stem[::-1].replace("-", ".", 1)[::-1]  # train-images.idx3-ubyte (Kaggle style)
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        if (data_dir / name).exists():
+            return data_dir / name
+    return None
+
+
+def read_idx(path, ndim):
+    """Read one IDX file of unsigned bytes (gzip-compressed or not) into a NumPy array."""
+    if path.is_dir():
+        raise RunError(f"{path}: is a directory, expected an IDX file")
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise RunError(f"{path}: corrupt or truncated gzip data ({err})") from None
+    except OSError as err:
+        raise RunError(f"{path}: cannot read ({err.strerror})") from None
+    if not raw:
+        raise RunError(f"{path}: file is empty")
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise RunError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != IDX_MAGIC[ndim]:
+        raise RunError(f"{path}: wrong magic number 0x{magic:08x}, expected "
+                       f"0x{IDX_MAGIC[ndim]:08x} (IDX {'images' if ndim == 3 else 'labels'})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    expected = header_size + math.prod(shape)
+    if len(raw) != expected:
+        raise RunError(f"{path}: header promises {'x'.join(map(str, shape))} bytes of data "
+                       f"but the file holds {len(raw) - header_size} (truncated or padded)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def read_npz(path):
+    """Read a Keras-format mnist.npz (x_train, y_train, x_test, y_test)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in IDX_FILES if key not in archive.files]
+            if missing:
+                raise RunError(f"{path}: missing array {', '.join(missing)} "
+                               f"(has {', '.join(archive.files) or 'none'})")
+            return {key: archive[key] for key in IDX_FILES}
+    except (OSError, ValueError, zlib.error, EOFError) as err:
+        raise RunError(f"{path}: not a readable .npz archive ({err})") from None
+
+
+def read_data_dir(data_dir, dataset):
+    """Read the four IDX files, or a Keras .npz, from a local directory or .npz path."""
+    data_dir = Path(data_dir)
+    if data_dir.is_file() and data_dir.suffix == ".npz":
+        return read_npz(data_dir), {key: str(data_dir) for key in IDX_FILES}
+    if not data_dir.is_dir():
+        raise RunError(f"--data-dir {data_dir}: no such directory")
+    found = {key: find_idx_file(data_dir, stem) for key, stem in IDX_FILES.items()}
+    if not any(found.values()):
+        for name in (f"{dataset}.npz", "mnist.npz"):
+            if (data_dir / name).exists():
+                return read_npz(data_dir / name), {k: str(data_dir / name) for k in IDX_FILES}
+        raise RunError(f"{data_dir}: no MNIST data found (expected the four IDX files such as "
+                       f"{IDX_FILES['x_train']}.gz, or {dataset}.npz)")
+    missing = [IDX_FILES[key] for key, path in found.items() if path is None]
+    if missing:
+        raise RunError(f"{data_dir}: missing {', '.join(missing)} (plain or .gz)")
+    arrays = {key: read_idx(path, 3 if key.startswith("x") else 1)
+              for key, path in found.items()}
+    return arrays, {key: str(path) for key, path in found.items()}
+
+
+def download_dataset(dataset):
+    """Load through Keras' downloader, which caches the files under ~/.keras/datasets."""
+    import keras
+
+    loader = keras.datasets.mnist if dataset == "mnist" else keras.datasets.fashion_mnist
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as err:  # Keras wraps network failures in several exception types
+        raise RunError(f"could not download {DATASETS[dataset]['title']} and no cached copy "
+                       f"exists ({type(err).__name__}); pass --data-dir DIR with the four IDX "
+                       f"files or an mnist.npz") from None
+    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return arrays, {key: f"keras.datasets.{loader.__name__.rsplit('.', 1)[-1]}" for key in arrays}
+
+
+def validate_arrays(arrays, sources):
+    """Check shapes, dtypes, label range and counts; name the offending file on failure."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        x_src, y_src = sources[f"x_{split}"], sources[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+            raise RunError(f"{x_src}: images are {'x'.join(map(str, x.shape[1:]))}, expected 28x28")
+        if x.dtype != np.uint8:
+            raise RunError(f"{x_src}: images are {x.dtype}, expected uint8")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise RunError(f"{y_src}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+        if len(x) == 0:
+            raise RunError(f"{x_src}: holds no images")
+        if len(x) != len(y):
+            raise RunError(f"{x_src} holds {len(x)} images but {y_src} holds {len(y)} labels")
+        bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
+        if bad.size:
+            raise RunError(f"{y_src}: label {int(y[bad[0]])} at index {int(bad[0])} "
+                           f"is outside 0-9 ({bad.size} such labels)")
+
+
+def load_dataset(dataset, data_dir):
+    """Return validated uint8 arrays and a description of where they came from."""
+    if data_dir is None:
+        arrays, sources = download_dataset(dataset)
+    else:
+        arrays, sources = read_data_dir(data_dir, dataset)
+    validate_arrays(arrays, sources)
+    arrays["y_train"] = arrays["y_train"].astype(np.int32)
+    arrays["y_test"] = arrays["y_test"].astype(np.int32)
+    source = str(Path(data_dir).resolve()) if data_dir else sources["x_train"]
+    return arrays, source
+
+
+def split_and_scale(arrays, validation_split, seed):
+    """Scale pixels to float32 in 0-1 and hold out a seeded random validation subset."""
+    def scale(x):
+        return np.multiply(x, np.float32(1 / 255), dtype=np.float32)
+
+    order = np.random.default_rng(seed).permutation(len(arrays["x_train"]))
+    n_val = int(round(len(order) * validation_split))
+    train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
+    return dict(
+        x_train=scale(arrays["x_train"][train_idx]), y_train=arrays["y_train"][train_idx],
+        x_val=scale(arrays["x_train"][val_idx]), y_val=arrays["y_train"][val_idx],
+        x_test=scale(arrays["x_test"]), y_test=arrays["y_test"],
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+
+def build_model(hidden, dropout=0.0, augment=False, dataset="mnist"):
+    """Input(28, 28) -> [augmentation] -> Flatten -> Dense(w, relu) [+ Dropout] ... -> softmax."""
+    import keras
+    from keras import layers
+
+    stack = [keras.Input(shape=IMAGE_SHAPE)]
+    if augment:
+        # Random layers act only when training=True, so evaluation sees the images as they are.
+        stack += [layers.Reshape((*IMAGE_SHAPE, 1)),
+                  layers.RandomRotation(10 / 360, fill_mode="constant", name="rotate"),
+                  layers.RandomTranslation(0.1, 0.1, fill_mode="constant", name="shift"),
+                  layers.RandomZoom(0.1, fill_mode="constant", name="zoom")]
+    stack.append(layers.Flatten())
+    for i, width in enumerate(hidden, start=1):
+        stack.append(layers.Dense(width, activation="relu", name=f"hidden_{i}"))
+        if dropout > 0:
+            stack.append(layers.Dropout(dropout, name=f"dropout_{i}"))
+    stack.append(layers.Dense(NUM_CLASSES, activation="softmax", name="output"))
+    # The name records the dataset, so --predict can label a saved model's classes.
+    return keras.Sequential(stack, name=f"{dataset.replace('-', '_')}_dense")
+
+
+def compile_model(model, config, steps_per_epoch):
+    """Adam with the configured schedule, sparse categorical cross-entropy, accuracy."""
+    import keras
+
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        warmup_steps = config.warmup_epochs * steps_per_epoch
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else config.learning_rate,
+            decay_steps=max(1, config.epochs * steps_per_epoch - warmup_steps),
+            warmup_target=config.learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=config.steps_per_execution)
+    return model
+
+
+def describe_model(model):
+    """The model summary as text, as Keras prints it."""
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Writing files: complete or not at all
+# ---------------------------------------------------------------------------
+
+def write_atomically(path, write):
+    """Call write(tmp) on a temporary file beside path, then rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path, data):
+    """Write JSON atomically, two-space indented."""
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_history_csv(path, rows):
+    """One row per finished epoch with every metric recorded."""
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["epoch"]
+    lines = [",".join(columns)]
+    lines += [",".join(f"{row[c]:.6g}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+                       for c in columns) for row in rows]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+def prepare_output_dir(path):
+    """Create the output directory and prove it writable before any training starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--output-dir {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(f"--output-dir {path}: not writable ({err.strerror})") from None
+    return path.resolve()
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+class StopSignals:
+    """Turn the first SIGINT/SIGTERM into a graceful stop request; the second exits at once."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            # Every file is written atomically, so leaving now cannot leave half a file.
+            os._exit(130)
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received} received: stopping after this batch "
+              f"(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+
+class Checkpoint:
+    """The last finished epoch of a run (model with optimizer state, plus history), for --resume."""
+
+    def __init__(self, output_dir):
+        self.directory = Path(output_dir) / "checkpoint"
+        self.state_path = self.directory / "state.json"
+
+    def exists(self):
+        return self.state_path.is_file()
+
+    def read_state(self):
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"{self.state_path}: unreadable checkpoint ({err})") from None
+
+    def save(self, model, epochs_done, history, config):
+        """Write the model first, then the state that points at it, each atomically."""
+        self.directory.mkdir(exist_ok=True)
+        model_name = f"epoch-{epochs_done:04d}.keras"
+        write_atomically(self.directory / model_name, lambda tmp: model.save(tmp))
+        write_json(self.state_path, dict(epochs_done=epochs_done, model=model_name,
+                                         history=history, config=resume_fingerprint(config)))
+        for old in self.directory.glob("epoch-*.keras"):
+            if old.name != model_name:
+                old.unlink(missing_ok=True)
+
+    def load(self, config):
+        """Return (model, epochs_done, history) after checking the run settings match."""
+        import keras
+
+        state = self.read_state()
+        saved, wanted = state.get("config", {}), resume_fingerprint(config)
+        changed = ["--" + key.replace("_", "-") for key in wanted if saved.get(key) != wanted[key]]
+        if changed:
+            raise RunError(f"{self.directory}: checkpoint was made with different settings "
+                           f"({', '.join(changed)}); "
+                           f"rerun with the original flags, or delete it to start over")
+        try:
+            model = keras.models.load_model(self.directory / state["model"])
+        except Exception as err:
+            raise RunError(f"{self.directory / state['model']}: cannot load checkpoint "
+                           f"({type(err).__name__}); delete {self.directory} to start over") from None
+        return model, state["epochs_done"], state["history"]
+
+    def remove(self):
+        for item in self.directory.glob("*"):
+            item.unlink(missing_ok=True)
+        if self.directory.is_dir():
+            self.directory.rmdir()
+
+
+def resume_fingerprint(config):
+    """The settings a checkpoint must share with the run that resumes it."""
+    values = dataclasses.asdict(config)
+    return {key: list(values[key]) if key == "hidden" else values[key] for key in RESUME_KEYS}
+
+
+class TrainingMonitor:
+    """Watches training: stop requests, non-finite loss, per-epoch history and checkpoints."""
+
+    def __init__(self, model, signals, history=(), checkpoint=None, history_csv=None, config=None):
+        self.model, self.signals = model, signals
+        self.history = list(history)
+        self.checkpoint, self.history_csv, self.config = checkpoint, history_csv, config
+        self.epoch = len(self.history)
+        self.stopped_mid_epoch = False
+        self.nonfinite = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nonfinite = (self.epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
+        elif self.signals.received:
+            self.stopped_mid_epoch = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Keras ends an interrupted epoch like a finished one; it is not one, so skip it.
+        if self.stopped_mid_epoch or self.nonfinite:
+            return
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["learning_rate"] = float(current_learning_rate(self.model))
+        self.history.append(row)
+        if self.history_csv:
+            write_history_csv(self.history_csv, self.history)
+        if self.checkpoint:
+            self.checkpoint.save(self.model, epoch + 1, self.history, self.config)
+        if self.signals.received:  # arrived during validation: the epoch itself finished
+            self.model.stop_training = True
+
+    def keras_callback(self):
+        import keras
+
+        return keras.callbacks.LambdaCallback(on_epoch_begin=self.on_epoch_begin,
+                                              on_train_batch_end=self.on_train_batch_end,
+                                              on_epoch_end=self.on_epoch_end)
+
+
+def current_learning_rate(model):
+    """The optimizer's learning rate now, whether constant or scheduled."""
+    optimizer = model.optimizer
+    rate = optimizer.learning_rate
+    if callable(getattr(optimizer, "_learning_rate", None)):
+        rate = optimizer._learning_rate(optimizer.iterations)
+    return float(np.asarray(rate))
+
+
+def train(model, data, config, signals, output_dir=None, initial_epoch=0, history=()):
+    """Fit the model on the training split, validating on the held-out split."""
+    import keras
+
+    checkpoint = Checkpoint(output_dir) if output_dir else None
+    monitor = TrainingMonitor(model, signals, history, checkpoint,
+                              Path(output_dir) / "history.csv" if output_dir else None, config)
+    callbacks = [monitor.keras_callback()]
+    early_stopping = None
+    if config.patience is not None and len(data["x_val"]):
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True,
+            verbose=0)
+        callbacks.append(early_stopping)
+    validation = (data["x_val"], data["y_val"]) if len(data["x_val"]) else None
+    start = time.perf_counter()
+    model.fit(data["x_train"], data["y_train"], batch_size=config.batch_size,
+              epochs=config.epochs, initial_epoch=initial_epoch, validation_data=validation,
+              shuffle=True, callbacks=callbacks, verbose=fit_verbosity(config))
+    seconds = time.perf_counter() - start
+    if monitor.nonfinite:
+        epoch, batch, loss = monitor.nonfinite
+        if checkpoint:
+            checkpoint.remove()  # resuming would diverge again; no result is pretended
+        raise RunError(f"training diverged: loss became {loss} at epoch {epoch}, batch {batch}; "
+                       f"try a lower --learning-rate (now {config.learning_rate:g})")
+    epochs_run = len(monitor.history) - initial_epoch
+    kept_epoch = len(monitor.history)
+    if early_stopping is not None and early_stopping.best_weights is not None:
+        kept_epoch = early_stopping.best_epoch + 1
+    return dict(
+        history=monitor.history, seconds=seconds, kept_epoch=kept_epoch,
+        epochs_completed=len(monitor.history),
+        interrupted=signals.received is not None,
+        samples_per_second=(epochs_run * len(data["x_train"]) / seconds) if epochs_run else None,
+    )
+
+
+def fit_verbosity(config):
+    """Keras' progress bar on a terminal, one line per epoch otherwise, nothing when quiet."""
+    if config.quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+def evaluate(model, x_test, y_test):
+    """Test loss, accuracy, confusion matrix and per-class scores from one prediction pass."""
+    probabilities = model.predict(x_test, batch_size=EVAL_BATCH_SIZE, verbose=0)
+    return score(probabilities, y_test)
+
+
+def score(probabilities, labels):
+    """Metrics from predicted class probabilities and true labels."""
+    predicted = probabilities.argmax(axis=1)
+    # Same clipping as Keras' cross-entropy, so the loss matches model.evaluate().
+    true_class_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
+    confusion = np.bincount(labels * NUM_CLASSES + predicted,
+                            minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+    true_positive = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1)
+    predicted_count = confusion.sum(axis=0)
+    precision = np.divide(true_positive, predicted_count, out=np.zeros(NUM_CLASSES),
+                          where=predicted_count > 0)
+    recall = np.divide(true_positive, support, out=np.zeros(NUM_CLASSES), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(NUM_CLASSES),
+                   where=(precision + recall) > 0)
+    accuracy = float(true_positive.sum() / len(labels))
+    return dict(
+        test_accuracy=accuracy, test_loss=float(-np.log(true_class_p).mean()),
+        error_rate=1.0 - accuracy, confusion_matrix=confusion,
+        precision=precision, recall=recall, f1=f1, support=support,
+        predicted=predicted, confidence=probabilities.max(axis=1),
+    )
+
+
+def top_confusions(confusion, class_names, count=5):
+    """The most frequent (truth, predicted, times) off-diagonal pairs."""
+    off_diagonal = confusion.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    order = np.argsort(off_diagonal, axis=None)[::-1][:count]
+    pairs = [np.unravel_index(i, confusion.shape) for i in order]
+    return [(class_names[t], class_names[p], int(off_diagonal[t, p]))
+            for t, p in pairs if off_diagonal[t, p] > 0]
+
+
+# ---------------------------------------------------------------------------
+# Reports: pictures, metrics.json, report.html, terminal summary
+# ---------------------------------------------------------------------------
+
+def pyplot():
+    """Matplotlib's pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path):
+    """Save a figure atomically as PNG and close it."""
+    plt = pyplot()
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(confusion, class_names, title, path, normalize=False):
+    """Seaborn heatmap of the confusion matrix: counts, or each row as recall."""
+    import seaborn as sns
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 7))
+    if normalize:
+        rows = confusion.sum(axis=1, keepdims=True)
+        values = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
+        sns.heatmap(values, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=ax,
+                    xticklabels=class_names, yticklabels=class_names,
+                    cbar_kws={"label": "fraction of the true class"})
+    else:
+        sns.heatmap(confusion, annot=True, fmt="d", cmap="Blues", ax=ax,
+                    xticklabels=class_names, yticklabels=class_names,
+                    cbar_kws={"label": "test images"})
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("Truth")
+    ax.set_title(title)
+    rotate_long_ticks(ax, class_names)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def rotate_long_ticks(ax, class_names):
+    """Slant x tick labels that would otherwise overlap (Fashion-MNIST names)."""
+    ax.tick_params(axis="y", labelrotation=0)
+    if max(len(name) for name in class_names) > 3:
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+
+
+def plot_training_curves(history, kept_epoch, dataset_title, path):
+    """Loss and accuracy per epoch, training and validation, with the kept epoch marked."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    epochs = [row["epoch"] for row in history]
+    for ax, metric, label in ((axes[0], "loss", "loss (cross-entropy)"),
+                              (axes[1], "accuracy", "accuracy")):
+        for key, name, colour in ((metric, "training", "tab:blue"),
+                                  (f"val_{metric}", "validation", "tab:orange")):
+            if any(key in row for row in history):
+                ax.plot(epochs, [row.get(key, np.nan) for row in history], marker="o",
+                        markersize=3, color=colour, label=name)
+        if history and kept_epoch != epochs[-1]:
+            ax.axvline(kept_epoch, color="tab:green", linestyle="--",
+                       label=f"kept weights (epoch {kept_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(f"{dataset_title}: training and validation curves")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_digit_grid(images, captions, title, path, columns=8, caption_colours=None):
+    """A grid of 28x28 images, each with a caption; white digits on black as the model sees them."""
+    plt = pyplot()
+    rows = max(1, math.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75 + 0.6),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+            colour = caption_colours[i] if caption_colours else "black"
+            ax.set_title(captions[i], fontsize=8.5, color=colour)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_misclassified(x_test, y_test, scores, class_names, dataset_title, path, limit=40):
+    """The test images the model got wrong, most confident mistakes first."""
+    wrong = np.flatnonzero(scores["predicted"] != y_test)
+    wrong = wrong[np.argsort(-scores["confidence"][wrong], kind="stable")]
+    shown = wrong[:limit]
+    if len(wrong) == 0:
+        title = f"{dataset_title} test set: no misclassified images"
+    elif len(wrong) <= limit:
+        title = f"{dataset_title} test set: all {len(wrong)} misclassified images, most confident first"
+    else:
+        title = (f"{dataset_title} test set: the {limit} most confident of "
+                 f"{len(wrong)} misclassified images")
+    captions = [f"true {class_names[y_test[i]]}\npred {class_names[scores['predicted'][i]]} "
+                f"{scores['confidence'][i]:.1%}" for i in shown]
+    plot_digit_grid(x_test[shown], captions, title, path, columns=8)
+    return len(shown)
+
+
+def plot_samples(x_train, y_train, class_names, dataset_title, path, per_class=8, seed=0):
+    """A few training images of each class, one row per class."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for label in range(NUM_CLASSES):
+        candidates = np.flatnonzero(y_train == label)
+        picks = rng.choice(candidates, size=min(per_class, len(candidates)), replace=False)
+        images += list(x_train[picks]) + [np.zeros(IMAGE_SHAPE)] * (per_class - len(picks))
+        captions += [class_names[label]] * len(picks) + [""] * (per_class - len(picks))
+    return plot_digit_grid(np.array(images), captions,
+                           f"{dataset_title} training set: {per_class} samples per class",
+                           path, columns=per_class)
+
+
+def per_class_rows(scores, class_names):
+    """Per-class precision, recall, F1 and support as JSON-ready dicts."""
+    return [dict(label=class_names[i], precision=float(scores["precision"][i]),
+                 recall=float(scores["recall"][i]), f1=float(scores["f1"][i]),
+                 support=int(scores["support"][i])) for i in range(NUM_CLASSES)]
+
+
+def versions():
+    """Versions of Python and the libraries that made the result."""
+    import keras
+
+    found = dict(python=platform.python_version(), keras=keras.__version__,
+                 numpy=np.__version__, backend=keras.backend.backend())
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        found["tensorflow"] = tf.__version__
+    else:
+        import jax
+
+        found["jax"] = jax.__version__
+    return found
+
+
+def write_html_report(path, metrics, images, class_names):
+    """One self-contained page: settings, headline numbers, per-class table, every image."""
+    def embed(image_path):
+        data = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(Path(image_path).stem)}" src="data:image/png;base64,{data}">'
+
+    per_class = "".join(
+        f"<tr><td>{html.escape(row['label'])}</td><td>{row['precision']:.4f}</td>"
+        f"<td>{row['recall']:.4f}</td><td>{row['f1']:.4f}</td><td>{row['support']}</td></tr>"
+        for row in metrics["per_class"])
+    settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in metrics["config"].items())
+    figures = "".join(f"<figure>{embed(p)}<figcaption>{html.escape(Path(p).name)}</figcaption>"
+                      f"</figure>" for p in images)
+    dataset = metrics["dataset"]
+    status = " (interrupted)" if metrics["interrupted"] else ""
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(dataset['title'])} dense classifier report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; padding: 0 1em; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+figure {{ margin: 1.5em 0; }}
+.headline {{ font-size: 1.4em; }}
+</style></head><body>
+<h1>{html.escape(dataset['title'])} dense classifier{status}</h1>
+<p class="headline">Test accuracy <b id="test-accuracy">{metrics['test_accuracy']:.4%}</b>,
+error rate {metrics['error_rate']:.4%}, test loss {metrics['test_loss']:.4f}
+on {dataset['test_size']} test images.</p>
+<p>Trained on {dataset['train_size']} images, validated on {dataset['validation_size']}
+(source: {html.escape(str(dataset['source']))}).</p>
+<h2>Per-class scores (test set)</h2>
+<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
+{per_class}</table>
+<h2>Figures</h2>{figures}
+<h2>Settings</h2><table>{settings}</table>
+</body></html>
+"""
+    return write_text(path, page)
+
+
+def write_reports(output_dir, data, scores, config, dataset_info, training):
+    """Every picture and report.html for one evaluated model; returns the metrics dict."""
+    output_dir = Path(output_dir)
+    class_names, title = DATASETS[config.dataset]["classes"], DATASETS[config.dataset]["title"]
+    accuracy = scores["test_accuracy"]
+    images = []
+    if training and training["history"]:
+        images.append(plot_training_curves(training["history"], training["kept_epoch"], title,
+                                           output_dir / "training_curves.png"))
+    images.append(plot_confusion_matrix(
+        scores["confusion_matrix"], class_names,
+        f"{title} test set: confusion matrix (accuracy {accuracy:.2%})",
+        output_dir / "confusion_matrix.png"))
+    images.append(plot_confusion_matrix(
+        scores["confusion_matrix"], class_names,
+        f"{title} test set: confusion matrix normalised by true class (recall)",
+        output_dir / "confusion_matrix_normalized.png", normalize=True))
+    misclassified_count = plot_misclassified(data["x_test"], data["y_test"], scores, class_names,
+                                             title, output_dir / "misclassified.png")
+    images.insert(1 if training and training["history"] else 0, output_dir / "misclassified.png")
+    images.append(plot_samples(data["x_train"], data["y_train"], class_names, title,
+                               output_dir / "samples.png", seed=config.seed))
+    history = training["history"] if training else []
+    metrics = dict(
+        test_accuracy=accuracy, test_loss=scores["test_loss"], error_rate=scores["error_rate"],
+        confusion_matrix=scores["confusion_matrix"].tolist(),
+        per_class=per_class_rows(scores, class_names),
+        misclassified_shown=misclassified_count,
+        history={key: [row.get(key) for row in history]
+                 for key in dict.fromkeys(k for row in history for k in row)},
+        epochs_completed=training["epochs_completed"] if training else 0,
+        kept_epoch=training["kept_epoch"] if training else None,
+        config=config_record(config),
+        dataset=dataset_info,
+        timing={},
+        versions=versions(),
+        interrupted=bool(training and training["interrupted"]),
+    )
+    if training and training.get("repeats"):
+        metrics["repeats"] = training["repeats"]
+    write_html_report(output_dir / "report.html", metrics, images, class_names)
+    return metrics
+
+
+def config_record(config):
+    """The run's settings as JSON-ready values."""
+    record = dataclasses.asdict(config)
+    record["hidden"] = list(config.hidden)
+    return record
+
+
+def print_summary(metrics, class_names, paths, quiet):
+    """Test accuracy, per-class table, weakest classes, top confusions and files written."""
+    if quiet:
+        return
+    status = "INTERRUPTED run, " if metrics["interrupted"] else ""
+    print(f"\n{status}test accuracy {metrics['test_accuracy']:.4%}  "
+          f"error rate {metrics['error_rate']:.4%}  test loss {metrics['test_loss']:.4f}")
+    width = max(len(name) for name in class_names)
+    print(f"\n{'class':>{width}}  precision  recall     f1  support")
+    for row in metrics["per_class"]:
+        print(f"{row['label']:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+              f"{row['f1']:5.4f}  {row['support']:7d}")
+    weakest = sorted(metrics["per_class"], key=lambda row: row["recall"])[:5]
+    print("\nlowest recall: " + ", ".join(f"{r['label']} ({r['recall']:.2%})" for r in weakest))
+    confusion = np.array(metrics["confusion_matrix"])
+    pairs = top_confusions(confusion, class_names)
+    if pairs:
+        print("most frequent confusions: " + "; ".join(
+            f"{truth} taken for {predicted}: {times} times" for truth, predicted, times in pairs))
+    print("\nwrote:")
+    for path in paths:
+        print(f"  {Path(path).resolve()}")
+
+
+# ---------------------------------------------------------------------------
+# Training run, end to end
+# ---------------------------------------------------------------------------
+
+def setup_keras(config):
+    """Select the backend, import Keras, seed every generator, and opt into determinism."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+    os.environ["KERAS_BACKEND"] = config.backend
+    try:
+        import keras
+    except ImportError as err:
+        raise RunError(f"cannot import Keras with the {config.backend} backend ({err}); "
+                       f"install it with: pip install -r requirements.txt") from None
+    if keras.backend.backend() != config.backend:
+        raise RunError(f"Keras was already imported with the {keras.backend.backend()} backend")
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic and config.backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    return keras
+
+
+def run_training(config):
+    """Load data, train, evaluate, and write every report. Returns the exit status."""
+    total_start = time.perf_counter()
+    output_dir = prepare_output_dir(config.output_dir)
+    checkpoint = Checkpoint(output_dir)
+    if checkpoint.exists() and not config.resume:
+        done = checkpoint.read_state().get("epochs_done", "?")
+        raise RunError(f"{checkpoint.directory} holds an unfinished run ({done} of its epochs "
+                       f"done); pass --resume to continue it, or delete it to start over")
+    timing = {}
+    start = time.perf_counter()
+    keras = setup_keras(config)
+    timing["import_seconds"] = round(time.perf_counter() - start, 3)
+
+    start = time.perf_counter()
+    arrays, source = load_dataset(config.dataset, config.data_dir)
+    data = split_and_scale(arrays, config.validation_split, config.seed)
+    timing["load_seconds"] = round(time.perf_counter() - start, 3)
+    dataset_info = dict(name=config.dataset, title=DATASETS[config.dataset]["title"],
+                        source=source, train_size=len(data["x_train"]),
+                        validation_size=len(data["x_val"]), test_size=len(data["x_test"]))
+
+    steps_per_epoch = math.ceil(len(data["x_train"]) / config.batch_size)
+    initial_epoch, history = 0, []
+    if config.resume and checkpoint.exists():
+        model, initial_epoch, history = checkpoint.load(config)
+        say(config, f"resuming from {checkpoint.directory}: {initial_epoch} of "
+                    f"{config.epochs} epochs done")
+    else:
+        if config.resume:
+            say(config, f"no checkpoint in {checkpoint.directory}; starting from scratch")
+        model = compile_model(build_model(config.hidden, config.dropout, config.augment,
+                                          config.dataset), config, steps_per_epoch)
+    if not config.quiet:
+        print(describe_model(model))
+
+    with StopSignals() as signals:
+        training = train(model, data, config, signals, output_dir, initial_epoch, history)
+    timing["train_seconds"] = round(training["seconds"], 3)
+    timing["samples_per_second"] = (round(training["samples_per_second"], 1)
+                                    if training["samples_per_second"] else None)
+    if training["interrupted"]:
+        say(config, f"interrupted by {signals.received} during epoch "
+                    f"{training['epochs_completed'] + 1} of {config.epochs} "
+                    f"({training['epochs_completed']} finished); evaluating the model as it stands")
+
+    # From here on a second Ctrl-C exits at once; every file below is written atomically.
+    with StopSignals():
+        start = time.perf_counter()
+        scores = evaluate(model, data["x_test"], data["y_test"])
+        timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        model_path = write_atomically(output_dir / "model.keras", lambda tmp: model.save(tmp))
+        timing["save_seconds"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        metrics = write_reports(output_dir, data, scores, config, dataset_info, training)
+        timing["report_seconds"] = round(time.perf_counter() - start, 3)
+        timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
+        metrics["timing"] = timing
+        write_json(output_dir / "metrics.json", metrics)
+        if not training["interrupted"]:
+            checkpoint.remove()
+    print_summary(metrics, DATASETS[config.dataset]["classes"],
+                  sorted(output_dir.glob("*.*")), config.quiet)
+    if training["interrupted"]:
+        print(f"interrupted: reports describe the model after {training['epochs_completed']} "
+              f"epochs; rerun with --resume to finish training", file=sys.stderr)
+        return 130
+    return 0
+
+
+def say(config, message):
+    """Print a progress message unless --quiet."""
+    if not config.quiet:
+        print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Saved models: --evaluate and --predict
+# ---------------------------------------------------------------------------
+
+MNIST_CENTRE_OF_MASS = 14.0  # where MNIST's digits have their centre of mass, in pixel indices
+INK_THRESHOLD = 0.25  # fraction of the strongest ink below which a pixel counts as background
+MIN_INK_CONTRAST = 0.12  # weaker contrast than this between ink and paper means a blank image
+
+
+def load_saved_model(path):
+    """Load a model this script saved, checking it takes 28x28 images and gives 10 classes."""
+    path = Path(path)
+    hint = "train one first: python digit_classifier.py"
+    if not path.is_file():
+        raise RunError(f"{path}: no saved model there; {hint}")
+    import keras
+
+    try:
+        model = keras.models.load_model(path)
+    except Exception as err:  # Keras raises many types for files that are not its models
+        raise RunError(f"{path}: not a loadable Keras model ({type(err).__name__}); {hint}") from None
+    input_shape, output_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
+        raise RunError(f"{path}: model maps {input_shape} to {output_shape}, not 28x28 images "
+                       f"to 10 classes; {hint}")
+    return model
+
+
+def model_dataset(model):
+    """The dataset a model was trained on, recorded in its name by build_model."""
+    for name in DATASETS:
+        if model.name == f"{name.replace('-', '_')}_dense":
+            return name
+    return "mnist"
+
+
+def run_evaluation(config, model_path):
+    """Evaluate a saved model on the test set and write the same reports as training."""
+    total_start = time.perf_counter()
+    output_dir = prepare_output_dir(config.output_dir)
+    timing = {}
+    start = time.perf_counter()
+    setup_keras(config)
+    model = load_saved_model(model_path)
+    timing["import_seconds"] = round(time.perf_counter() - start, 3)
+    trained_on = model_dataset(model)
+    if trained_on != config.dataset:
+        raise RunError(f"{model_path}: trained on {trained_on}; pass --dataset {trained_on}")
+    start = time.perf_counter()
+    arrays, source = load_dataset(config.dataset, config.data_dir)
+    data = split_and_scale(arrays, config.validation_split, config.seed)
+    timing["load_seconds"] = round(time.perf_counter() - start, 3)
+    dataset_info = dict(name=config.dataset, title=DATASETS[config.dataset]["title"],
+                        source=source, train_size=len(data["x_train"]),
+                        validation_size=len(data["x_val"]), test_size=len(data["x_test"]))
+    start = time.perf_counter()
+    scores = evaluate(model, data["x_test"], data["y_test"])
+    timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    metrics = write_reports(output_dir, data, scores, config, dataset_info, training=None)
+    timing["report_seconds"] = round(time.perf_counter() - start, 3)
+    timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
+    metrics.update(timing=timing, model=str(Path(model_path).resolve()))
+    write_json(output_dir / "metrics.json", metrics)
+    print_summary(metrics, DATASETS[config.dataset]["classes"],
+                  sorted(output_dir.glob("*.*")), config.quiet)
+    return 0
+
+
+class ImageError(Exception):
+    """An image that cannot be classified: missing, unreadable or blank."""
+
+
+def read_image(path):
+    """Open an image file as a float grayscale array in 0-1, flattening any transparency."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageError("no such file")
+    if path.is_dir():
+        raise ImageError("is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise ImageError("file is empty")
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except UnidentifiedImageError:
+        raise ImageError("not an image file Pillow can read") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"unreadable image ({err})") from None
+    if "A" in image.getbands() or "transparency" in image.info:
+        image = flatten_transparency(image.convert("RGBA"))
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
+
+
+def flatten_transparency(rgba):
+    """Composite onto the background that contrasts with the opaque pixels (the ink)."""
+    from PIL import Image
+
+    pixels = np.asarray(rgba)
+    alpha = pixels[..., 3]
+    opaque = alpha > 127
+    if opaque.all() or not opaque.any():
+        return rgba.convert("RGB")
+    ink_luminance = np.asarray(rgba.convert("L"))[opaque].mean()
+    background = (255, 255, 255) if ink_luminance < 128 else (0, 0, 0)
+    canvas = Image.new("RGBA", rgba.size, background + (255,))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def to_mnist_format(gray):
+    """Make any photo or scan of one digit look like MNIST: white ink on black, 20x20 in 28x28.
+
+    The background is the median of the image border; light backgrounds are inverted. The
+    ink is cropped, scaled to fit a 20x20 box keeping its aspect ratio, and placed so that
+    its centre of mass lies where MNIST's does.
+    """
+    from PIL import Image
+
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    ink = (background - gray) if background > 0.5 else (gray - background)
+    ink = np.clip(ink, 0, None)
+    strongest = float(ink.max()) if ink.size else 0.0
+    if strongest < MIN_INK_CONTRAST:
+        raise ImageError("no ink found: the image looks blank")
+    ink /= strongest
+    ink[ink < INK_THRESHOLD] = 0  # paper texture and JPEG noise
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    height, width = ink.shape
+    scale = 20 / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    patch = Image.fromarray(np.uint8(np.round(ink * 255))).resize(size, Image.LANCZOS)
+    patch = np.asarray(patch, dtype=np.float32) / 255
+    patch /= max(float(patch.max()), 1e-6)
+    ys, xs = np.indices(patch.shape)
+    mass = patch.sum()
+    top = int(round(MNIST_CENTRE_OF_MASS - (ys * patch).sum() / mass))
+    left = int(round(MNIST_CENTRE_OF_MASS - (xs * patch).sum() / mass))
+    top = min(max(top, 0), IMAGE_SHAPE[0] - patch.shape[0])
+    left = min(max(left, 0), IMAGE_SHAPE[1] - patch.shape[1])
+    field = np.zeros(IMAGE_SHAPE, dtype=np.float32)
+    field[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
+    return field
+
+
+def run_prediction(config, model_path, image_paths, as_json):
+    """Classify image files with a saved model; one line each, plus predictions.png."""
+    output_dir = prepare_output_dir(config.output_dir)
+    setup_keras(config)
+    model = load_saved_model(model_path)
+    class_names = DATASETS[model_dataset(model)]["classes"]
+    images, names, failures = [], [], 0
+    for path in image_paths:
+        try:
+            images.append(to_mnist_format(read_image(path)))
+            names.append(path)
+        except ImageError as err:
+            print(f"error: {path}: {err}", file=sys.stderr)
+            failures += 1
+    if images:
+        probabilities = model.predict(np.stack(images), batch_size=EVAL_BATCH_SIZE, verbose=0)
+        captions = []
+        for path, p in zip(names, probabilities):
+            ranked = np.argsort(-p)[:3]
+            best = ranked[0]
+            captions.append(f"{Path(path).name[:18]}\n{class_names[best]} ({p[best]:.0%})")
+            if as_json:
+                print(json.dumps(dict(
+                    file=str(path), prediction=class_names[best], probability=float(p[best]),
+                    candidates=[dict(label=class_names[i], probability=float(p[i]))
+                                for i in ranked[1:]])))
+            else:
+                others = ", ".join(f"{class_names[i]} ({p[i]:.1%})" for i in ranked[1:])
+                print(f"{path}: {class_names[best]} ({p[best]:.1%})  next: {others}")
+        plot_digit_grid(np.stack(images), captions,
+                        "Your images as the model saw them, with its prediction",
+                        output_dir / "predictions.png", columns=min(6, len(images)))
+        if not as_json and not config.quiet:
+            print(f"wrote {output_dir / 'predictions.png'}")
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------
+# Repeats and architecture comparison
+# ---------------------------------------------------------------------------
+
+def train_and_score(config, data, hidden, seed, signals):
+    """Train one fresh model with the given hidden widths and seed; return its figures."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    run_config = dataclasses.replace(config, hidden=tuple(hidden), seed=seed, quiet=True)
+    steps_per_epoch = math.ceil(len(data["x_train"]) / config.batch_size)
+    model = compile_model(build_model(run_config.hidden, config.dropout, config.augment,
+                                      config.dataset), run_config, steps_per_epoch)
+    training = train(model, data, run_config, signals)
+    scores = evaluate(model, data["x_test"], data["y_test"])
+    kept = training["history"][training["kept_epoch"] - 1] if training["history"] else {}
+    return dict(hidden=list(hidden), seed=seed, parameters=int(model.count_params()),
+                val_accuracy=kept.get("val_accuracy"), test_accuracy=scores["test_accuracy"],
+                train_seconds=training["seconds"], interrupted=training["interrupted"])
+
+
+def mean_and_std(values):
+    """Mean and sample standard deviation (0 for a single value); None when nothing to average."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise_runs(runs):
+    """Mean and spread of one configuration's runs."""
+    row = dict(hidden=runs[0]["hidden"], parameters=runs[0]["parameters"], runs=len(runs),
+               seeds=[r["seed"] for r in runs])
+    for key in ("val_accuracy", "test_accuracy", "train_seconds"):
+        row[f"{key}_mean"], row[f"{key}_std"] = mean_and_std([r[key] for r in runs])
+    return row
+
+
+def format_hidden(hidden):
+    """Hidden widths as the SPEC a user types ('none' for softmax regression)."""
+    return ",".join(map(str, hidden)) or "none"
+
+
+def plot_comparison(rows, dataset_title, path):
+    """Test accuracy against parameter count, one labelled point per architecture."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for row in rows:
+        ax.errorbar(row["parameters"], 100 * row["test_accuracy_mean"],
+                    yerr=100 * row["test_accuracy_std"], fmt="o", capsize=4, color="tab:blue")
+        ax.annotate(format_hidden(row["hidden"]),
+                    (row["parameters"], 100 * row["test_accuracy_mean"]),
+                    textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    runs = rows[0]["runs"]
+    ax.set_title(f"{dataset_title} test set: accuracy by architecture "
+                 f"(mean ± std over {runs} seed{'s' if runs > 1 else ''})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_comparison(output_dir, rows, dataset_title):
+    """comparison.csv, comparison.md and comparison.png, one row per architecture."""
+    columns = ["hidden", "parameters", "runs", "val_accuracy_mean", "val_accuracy_std",
+               "test_accuracy_mean", "test_accuracy_std", "train_seconds_mean",
+               "train_seconds_std"]
+
+    def cell(row, column):
+        value = row[column]
+        if column == "hidden":
+            return format_hidden(value)
+        return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+    csv = [",".join(columns)] + [",".join(cell(row, c) for c in columns) for row in rows]
+    write_text(output_dir / "comparison.csv", "\n".join(csv) + "\n")
+
+    def pct(mean, std):
+        return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+    table = ["| hidden layers | parameters | runs | validation accuracy (%) | "
+             "test accuracy (%) | training seconds |", "|---|---:|---:|---:|---:|---:|"]
+    table += [f"| {format_hidden(r['hidden'])} | {r['parameters']:,} | {r['runs']} | "
+              f"{pct(r['val_accuracy_mean'], r['val_accuracy_std'])} | "
+              f"{pct(r['test_accuracy_mean'], r['test_accuracy_std'])} | "
+              f"{r['train_seconds_mean']:.1f} ± {r['train_seconds_std']:.1f} |" for r in rows]
+    write_text(output_dir / "comparison.md", "\n".join(table) + "\n")
+    plot_comparison(rows, dataset_title, output_dir / "comparison.png")
+    return table
+
+
+def run_comparison(config, specs):
+    """Train every architecture with the same data split and settings, repeats times each."""
+    output_dir = prepare_output_dir(config.output_dir)
+    setup_keras(config)
+    arrays, source = load_dataset(config.dataset, config.data_dir)
+    data = split_and_scale(arrays, config.validation_split, config.seed)
+    rows = []
+    with StopSignals() as signals:
+        for hidden in specs:
+            runs = []
+            for repeat in range(config.repeats):
+                run = train_and_score(config, data, hidden, config.seed + repeat, signals)
+                if run["interrupted"]:
+                    break
+                runs.append(run)
+                say(config, f"hidden {format_hidden(hidden)}, seed {run['seed']}: test accuracy "
+                            f"{run['test_accuracy']:.4%} in {run['train_seconds']:.1f} s")
+            if runs:
+                rows.append(summarise_runs(runs))
+            if signals.received:
+                break
+    if not rows:
+        print("interrupted before any architecture finished; nothing written", file=sys.stderr)
+        return 130
+    table = write_comparison(output_dir, rows, DATASETS[config.dataset]["title"])
+    write_json(output_dir / "comparison.json", dict(rows=rows, config=config_record(config),
+                                                     dataset=dict(name=config.dataset,
+                                                                  source=source)))
+    if not config.quiet:
+        print("\n" + "\n".join(table))
+        print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png")
+    if signals.received:
+        print("interrupted: the comparison holds the architectures finished so far",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are a single line on stderr (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text):
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text):
+    """An integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text):
+    """A finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
+
+
+def fraction(text):
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
+def hidden_spec(text):
+    """Comma-separated hidden widths such as '512,256', or 'none' for no hidden layer."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"bad architecture {text!r}: {err}") from None
+
+
+def build_parser():
+    """The command-line interface; defaults come from Config and are shown in --help."""
+    d = Config()
+    parser = Parser(
+        prog="digit_classifier.py",
+        description="Train a dense network on MNIST or Fashion-MNIST, evaluate it on the test "
+                    "set, and write reports; or use a saved model on your own images.",
+        argument_default=argparse.SUPPRESS, allow_abbrev=False,
+        epilog="Presets set several options at once; flags given explicitly override them. "
+               "--preset seed: " + ", ".join(f"{k}={v}" for k, v in PRESETS["seed"].items()))
+    mode = parser.add_argument_group("what to do (default: train)").add_mutually_exclusive_group()
+    mode.add_argument("--predict", nargs="+", metavar="IMAGE",
+                      help="classify image files with a saved model (see --model)")
+    mode.add_argument("--evaluate", action="store_true",
+                      help="evaluate a saved model on the test set and write its reports "
+                           "in OUTPUT_DIR/evaluation")
+    mode.add_argument("--compare", nargs="+", metavar="SPEC", type=hidden_spec,
+                      help="train one network per SPEC of comma-separated hidden widths "
+                           "(e.g. 100 100,100 512,256; 'none' for no hidden layer) and compare")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=sorted(DATASETS),
+                      help=f"which dataset (default: {d.dataset})")
+    data.add_argument("--data-dir", metavar="DIR",
+                      help="read the four IDX files (plain or .gz) or an mnist.npz from DIR "
+                           "instead of downloading (default: Keras' download and cache)")
+    data.add_argument("--validation-split", type=fraction, metavar="FRACTION",
+                      help=f"fraction of the training set held out for validation "
+                           f"(default: {d.validation_split})")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--hidden", nargs="*", type=positive_int, metavar="WIDTH",
+                       help=f"widths of the Dense ReLU hidden layers; none for softmax regression "
+                            f"(default: {' '.join(map(str, d.hidden))})")
+    model.add_argument("--dropout", type=fraction, metavar="RATE",
+                       help=f"fraction of units dropped after each hidden layer (default: {d.dropout})")
+    model.add_argument("--augment", action="store_true",
+                       help="randomly shift, rotate and zoom training images (default: off)")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--preset", choices=sorted(PRESETS),
+                          help="a named set of the options below (default: none)")
+    training.add_argument("--epochs", type=positive_int, help=f"training epochs (default: {d.epochs})")
+    training.add_argument("--batch-size", type=positive_int,
+                          help=f"images per training step (default: {d.batch_size})")
+    training.add_argument("--learning-rate", type=positive_float, metavar="RATE",
+                          help=f"Adam's (peak) learning rate (default: {d.learning_rate:g})")
+    training.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                          help=f"constant, or cosine decay to 0 over training (default: {d.lr_schedule})")
+    training.add_argument("--warmup-epochs", type=nonnegative_int, metavar="N",
+                          help=f"with --lr-schedule cosine, ramp the rate up linearly over the "
+                               f"first N epochs (default: {d.warmup_epochs})")
+    training.add_argument("--patience", type=positive_int, metavar="N",
+                          help="stop when validation loss has not improved for N epochs and keep "
+                               "the best weights (default: off)")
+    training.add_argument("--steps-per-execution", type=positive_int, metavar="N",
+                          help=f"training steps per call into the compiled graph "
+                               f"(default: {d.steps_per_execution})")
+    training.add_argument("--seed", type=nonnegative_int,
+                          help=f"seed for the data split, initial weights and shuffling "
+                               f"(default: {d.seed})")
+    training.add_argument("--repeats", type=positive_int, metavar="N",
+                          help=f"train with N seeds (seed, seed+1, ...) and report mean and "
+                               f"standard deviation (default: {d.repeats})")
+    training.add_argument("--deterministic", action="store_true",
+                          help="bit-for-bit reproducible training, at some cost in speed "
+                               "(default: off)")
+    training.add_argument("--resume", action="store_true",
+                          help="continue the unfinished run checkpointed in OUTPUT_DIR (default: off)")
+    training.add_argument("--backend", choices=("tensorflow", "jax"),
+                          help=f"Keras backend (default: {d.backend})")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", metavar="DIR",
+                        help=f"where reports and the model go (default: {d.output_dir})")
+    output.add_argument("--model", metavar="PATH",
+                        help="saved model for --predict and --evaluate "
+                             "(default: OUTPUT_DIR/model.keras)")
+    output.add_argument("--json", action="store_true",
+                        help="with --predict, print one JSON object per image")
+    output.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def parse_command_line(argv=None):
+    """Parse and cross-check the flags; return (mode, config, options) or exit 2."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    mode = ("predict" if "predict" in args else "evaluate" if "evaluate" in args
+            else "compare" if "compare" in args else "train")
+
+    def refuse(flag, reason):
+        if flag in args:
+            parser.error(f"argument --{flag.replace('_', '-')}: {reason}")
+
+    if mode != "predict":
+        refuse("json", "only with --predict")
+    if mode not in ("predict", "evaluate"):
+        refuse("model", "only with --predict or --evaluate")
+    if mode != "train":
+        refuse("resume", "only when training")
+    if mode in ("predict", "evaluate"):
+        for flag in ("repeats", "epochs", "hidden", "preset", "patience", "resume"):
+            refuse(flag, f"has no effect with --{mode}")
+    if mode == "compare":
+        refuse("hidden", "not with --compare, whose SPECs give the hidden layers")
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    values = dict(PRESETS.get(args.get("preset"), {}))
+    values.update({key: value for key, value in args.items() if key in fields})
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    if mode == "evaluate" and "output_dir" not in args:
+        values["output_dir"] = str(Path(Config.output_dir) / "evaluation")
+    config = Config(**values)
+
+    if config.patience is not None and config.validation_split == 0:
+        parser.error("argument --patience: needs a validation set (--validation-split above 0)")
+    if config.warmup_epochs and config.lr_schedule != "cosine":
+        parser.error("argument --warmup-epochs: only with --lr-schedule cosine")
+    if config.warmup_epochs >= config.epochs and config.warmup_epochs:
+        parser.error(f"argument --warmup-epochs: must be fewer than --epochs ({config.epochs})")
+    if config.repeats > 1 and config.resume:
+        parser.error("argument --resume: not with --repeats")
+    options = dict(specs=args.get("compare"), images=args.get("predict"),
+                   json=args.get("json", False),
+                   model=args.get("model", str(Path(args.get("output_dir", Config.output_dir))
+                                               / "model.keras")))
+    return mode, config, options
+
+
+def main(argv=None):
+    """Parse the command line, run the chosen mode, and turn failures into exit statuses."""
+    mode, config, options = parse_command_line(argv)
+    try:
+        if mode == "predict":
+            return run_prediction(config, options["model"], options["images"], options["json"])
+        if mode == "evaluate":
+            return run_evaluation(config, options["model"])
+        if mode == "compare":
+            return run_comparison(config, options["specs"])
+        return run_training(config)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # output that cannot be written: full disk, permissions
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -104,7 +104,7 @@ IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 or 1 dimensions
 
 def find_idx_file(data_dir, stem):
     """Return the path of one IDX file in data_dir, accepting the common spellings."""
-    dotted = stem[::-1].replace("-", ".", 1)[::-1]  # train-images.idx3-ubyte (Kaggle style)
+    dotted = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte, as many mirrors spell it
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (data_dir / name).exists():
             return data_dir / name
@@ -850,12 +850,35 @@ def print_summary(metrics, class_names, paths, quiet):
 # Training run, end to end
 # ---------------------------------------------------------------------------
 
+class NativeStderrSilenced:
+    """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up logging ignores
+    TF_CPP_MIN_LOG_LEVEL since 2.17 and would otherwise greet every run with CUDA and
+    oneDNN notices."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+
 def setup_keras(config):
     """Select the backend, import Keras, seed every generator, and opt into determinism."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["KERAS_BACKEND"] = config.backend
     try:
-        import keras
+        with NativeStderrSilenced():
+            import keras
+
+            if config.backend == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # the CUDA probe that logs on CPU machines
     except ImportError as err:
         raise RunError(f"cannot import Keras with the {config.backend} backend ({err}); "
                        f"install it with: pip install -r requirements.txt") from None
@@ -869,6 +892,31 @@ def setup_keras(config):
     return keras
 
 
+def load_data_and_backend(config):
+    """Read the data, import the Keras backend, split and scale; return data, its record, timing.
+
+    Local files are read before TensorFlow is imported, so bad data fails in a blink.
+    """
+    timing = {}
+    start = time.perf_counter()
+    arrays = source = None
+    if config.data_dir is not None:
+        arrays, source = load_dataset(config.dataset, config.data_dir)
+    timing["load_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    setup_keras(config)
+    timing["import_seconds"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    if arrays is None:
+        arrays, source = load_dataset(config.dataset, None)
+    data = split_and_scale(arrays, config.validation_split, config.seed)
+    timing["load_seconds"] = round(timing["load_seconds"] + time.perf_counter() - start, 3)
+    dataset_info = dict(name=config.dataset, title=DATASETS[config.dataset]["title"],
+                        source=source, train_size=len(data["x_train"]),
+                        validation_size=len(data["x_val"]), test_size=len(data["x_test"]))
+    return data, dataset_info, timing
+
+
 def run_training(config):
     """Load data, train, evaluate, and write every report. Returns the exit status."""
     total_start = time.perf_counter()
@@ -878,18 +926,7 @@ def run_training(config):
         done = checkpoint.read_state().get("epochs_done", "?")
         raise RunError(f"{checkpoint.directory} holds an unfinished run ({done} of its epochs "
                        f"done); pass --resume to continue it, or delete it to start over")
-    timing = {}
-    start = time.perf_counter()
-    keras = setup_keras(config)
-    timing["import_seconds"] = round(time.perf_counter() - start, 3)
-
-    start = time.perf_counter()
-    arrays, source = load_dataset(config.dataset, config.data_dir)
-    data = split_and_scale(arrays, config.validation_split, config.seed)
-    timing["load_seconds"] = round(time.perf_counter() - start, 3)
-    dataset_info = dict(name=config.dataset, title=DATASETS[config.dataset]["title"],
-                        source=source, train_size=len(data["x_train"]),
-                        validation_size=len(data["x_val"]), test_size=len(data["x_test"]))
+    data, dataset_info, timing = load_data_and_backend(config)
 
     steps_per_epoch = math.ceil(len(data["x_train"]) / config.batch_size)
     initial_epoch, history = 0, []
@@ -955,12 +992,20 @@ INK_THRESHOLD = 0.25  # fraction of the strongest ink below which a pixel counts
 MIN_INK_CONTRAST = 0.12  # weaker contrast than this between ink and paper means a blank image
 
 
+TRAIN_FIRST = "train one first: python digit_classifier.py"
+
+
+def require_model_file(path):
+    """Fail before any slow import when the saved model is not there."""
+    if not Path(path).is_file():
+        raise RunError(f"{path}: no saved model there; {TRAIN_FIRST}")
+
+
 def load_saved_model(path):
     """Load a model this script saved, checking it takes 28x28 images and gives 10 classes."""
     path = Path(path)
-    hint = "train one first: python digit_classifier.py"
-    if not path.is_file():
-        raise RunError(f"{path}: no saved model there; {hint}")
+    hint = TRAIN_FIRST
+    require_model_file(path)
     import keras
 
     try:
@@ -985,22 +1030,13 @@ def model_dataset(model):
 def run_evaluation(config, model_path):
     """Evaluate a saved model on the test set and write the same reports as training."""
     total_start = time.perf_counter()
+    require_model_file(model_path)
     output_dir = prepare_output_dir(config.output_dir)
-    timing = {}
-    start = time.perf_counter()
-    setup_keras(config)
+    data, dataset_info, timing = load_data_and_backend(config)
     model = load_saved_model(model_path)
-    timing["import_seconds"] = round(time.perf_counter() - start, 3)
     trained_on = model_dataset(model)
     if trained_on != config.dataset:
         raise RunError(f"{model_path}: trained on {trained_on}; pass --dataset {trained_on}")
-    start = time.perf_counter()
-    arrays, source = load_dataset(config.dataset, config.data_dir)
-    data = split_and_scale(arrays, config.validation_split, config.seed)
-    timing["load_seconds"] = round(time.perf_counter() - start, 3)
-    dataset_info = dict(name=config.dataset, title=DATASETS[config.dataset]["title"],
-                        source=source, train_size=len(data["x_train"]),
-                        validation_size=len(data["x_val"]), test_size=len(data["x_test"]))
     start = time.perf_counter()
     scores = evaluate(model, data["x_test"], data["y_test"])
     timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
@@ -1097,6 +1133,7 @@ def to_mnist_format(gray):
 
 def run_prediction(config, model_path, image_paths, as_json):
     """Classify image files with a saved model; one line each, plus predictions.png."""
+    require_model_file(model_path)
     output_dir = prepare_output_dir(config.output_dir)
     setup_keras(config)
     model = load_saved_model(model_path)
@@ -1228,9 +1265,7 @@ def write_comparison(output_dir, rows, dataset_title):
 def run_comparison(config, specs):
     """Train every architecture with the same data split and settings, repeats times each."""
     output_dir = prepare_output_dir(config.output_dir)
-    setup_keras(config)
-    arrays, source = load_dataset(config.dataset, config.data_dir)
-    data = split_and_scale(arrays, config.validation_split, config.seed)
+    data, dataset_info, _ = load_data_and_backend(config)
     rows = []
     with StopSignals() as signals:
         for hidden in specs:
@@ -1251,8 +1286,7 @@ def run_comparison(config, specs):
         return 130
     table = write_comparison(output_dir, rows, DATASETS[config.dataset]["title"])
     write_json(output_dir / "comparison.json", dict(rows=rows, config=config_record(config),
-                                                     dataset=dict(name=config.dataset,
-                                                                  source=source)))
+                                                     dataset=dataset_info))
     if not config.quiet:
         print("\n" + "\n".join(table))
         print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png")
@@ -1271,6 +1305,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but usage errors are a single line on stderr (exit 2)."""
 
     def error(self, message):
+        # Escape control characters a user's argument may carry, so the error stays one line.
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

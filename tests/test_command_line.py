@@ -1,0 +1,145 @@
+"""The command line: usage errors are one line, exit 2, and never import TensorFlow."""
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import digit_classifier as dc
+from conftest import ROOT, run_cli
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--epochs", "2.5"], "--epochs"),
+    (["--hidden", "0"], "--hidden"),
+    (["--hidden", "abc"], "--hidden"),
+    (["--hidden", "100", "-5"], "--hidden"),
+    (["--validation-split", "1.5"], "--validation-split"),
+    (["--validation-split", "1"], "--validation-split"),
+    (["--validation-split", "-0.1"], "--validation-split"),
+    (["--learning-rate", "-1"], "--learning-rate"),
+    (["--learning-rate", "0"], "--learning-rate"),
+    (["--learning-rate", "nan"], "--learning-rate"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--dropout", "1"], "--dropout"),
+    (["--patience", "0"], "--patience"),
+    (["--dataset", "cifar"], "--dataset"),
+    (["--no-such-flag"], "unrecognized"),
+    (["--compare", "100,abc"], "--compare"),
+    (["--compare", "100,,5"], "--compare"),
+    (["--predict", "a.png", "--evaluate"], "not allowed with"),
+    (["--json"], "--json"),
+    (["--resume", "--evaluate"], "--resume"),
+    (["--patience", "3", "--validation-split", "0"], "--patience"),
+    (["--warmup-epochs", "2"], "--warmup-epochs"),
+    (["--lr-schedule", "cosine", "--warmup-epochs", "5", "--epochs", "5"], "--warmup-epochs"),
+]
+
+PROBE = """
+import sys
+sys.path.insert(0, {root!r})
+import digit_classifier
+try:
+    digit_classifier.main({argv!r})
+except SystemExit as exit:
+    code = exit.code
+heavy = [m for m in ("tensorflow", "keras", "matplotlib", "jax") if m in sys.modules]
+print(code, ",".join(heavy) or "none")
+"""
+
+
+@pytest.mark.parametrize("argv, flag", BAD_FLAGS)
+def test_bad_flag_is_one_line_exit_2(argv, flag):
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert flag in lines[0] and "error" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--epochs", "0"], ["--hidden", "abc"]])
+def test_help_and_usage_errors_import_no_heavy_library(argv):
+    probe = PROBE.format(root=str(ROOT), argv=argv)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    code, heavy = result.stdout.strip().splitlines()[-1].split()
+    assert code == ("0" if argv == ["--help"] else "2")
+    assert heavy == "none"
+
+
+def test_help_lists_flags_with_defaults():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for text in ("--epochs", "--hidden", "--batch-size", "--learning-rate", "--data-dir",
+                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 5)",
+                 "(default: 100 100 100)"):
+        assert text in result.stdout
+
+
+def test_defaults_come_from_config():
+    mode, config, options = dc.parse_command_line([])
+    assert mode == "train" and config == dc.Config()
+    assert options["model"].endswith("model.keras")
+
+
+def test_hidden_without_widths_is_softmax_regression():
+    _, config, _ = dc.parse_command_line(["--hidden"])
+    assert config.hidden == ()
+
+
+def test_preset_values_apply_and_flags_override_them():
+    _, config, _ = dc.parse_command_line(["--preset", "seed"])
+    for key, value in dc.PRESETS["seed"].items():
+        assert getattr(config, key) == value
+    _, config, _ = dc.parse_command_line(["--preset", "seed", "--epochs", "7",
+                                          "--hidden", "64"])
+    assert config.epochs == 7 and config.hidden == (64,)
+    assert config.batch_size == dc.PRESETS["seed"]["batch_size"]
+
+
+def test_compare_specs_parse_to_width_tuples():
+    mode, _, options = dc.parse_command_line(["--compare", "100", "100,100", "none"])
+    assert mode == "compare"
+    assert options["specs"] == [(100,), (100, 100), ()]
+
+
+def test_evaluate_writes_to_its_own_subdirectory_by_default():
+    _, config, _ = dc.parse_command_line(["--evaluate"])
+    assert config.output_dir.endswith("evaluation")
+
+
+FLAG_NAMES = ["--epochs", "--hidden", "--batch-size", "--learning-rate", "--validation-split",
+              "--seed", "--dropout", "--patience", "--warmup-epochs", "--lr-schedule",
+              "--repeats", "--preset", "--dataset", "--compare", "--predict", "--evaluate",
+              "--resume", "--json", "--quiet", "--augment", "--deterministic", "--backend",
+              "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--", "-h"]
+VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(str),
+                   st.sampled_from(["abc", "", "none", "1,2", "cosine", "seed", "mnist",
+                                    "tensorflow", "1e-3", "0.5", "-", "1.5", "inf"]),
+                   st.text(max_size=6))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.sampled_from(FLAG_NAMES), VALUES), max_size=8))
+def test_any_argv_gives_a_config_or_one_line_exit_2(capsys, argv):
+    try:
+        mode, config, options = dc.parse_command_line(argv)
+    except SystemExit as exit:
+        out, err = capsys.readouterr()
+        if exit.code == 0:  # --help
+            assert "usage:" in out
+            return
+        assert exit.code == 2
+        assert len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err
+        return
+    assert mode in ("train", "predict", "evaluate", "compare")
+    assert isinstance(config, dc.Config)
+    assert config.epochs >= 1 and config.batch_size >= 1 and config.learning_rate > 0
+    assert 0 <= config.validation_split < 1 and 0 <= config.dropout < 1
+    assert all(width >= 1 for width in config.hidden)

@@ -1,0 +1,134 @@
+"""Loading data: every format the CLI accepts, and a one-line error for every bad file."""
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+import digit_classifier as dc
+from conftest import run_cli, synthetic_digits, write_dataset, write_idx
+
+
+def corrupt(directory, name, how):
+    """Damage one file of a synthetic dataset in a named way."""
+    path = directory / name
+    if how == "truncated gzip":
+        path.write_bytes(path.read_bytes()[:-200])
+    elif how == "wrong magic":
+        raw = bytearray(gzip.decompress(path.read_bytes()))
+        raw[:4] = (0x0801).to_bytes(4, "big")
+        path.write_bytes(gzip.compress(bytes(raw)))
+    elif how == "wrong image size":
+        images, _ = synthetic_digits(600, seed=1)
+        write_idx(path, np.zeros((600, 27, 28), np.uint8) + images[:, :27])
+    elif how == "label out of range":
+        _, labels = synthetic_digits(600, seed=1)
+        labels[5] = 12
+        write_idx(path, labels)
+    elif how == "count mismatch":
+        _, labels = synthetic_digits(599, seed=1)
+        write_idx(path, labels)
+    elif how == "empty file":
+        path.write_bytes(b"")
+    elif how == "directory":
+        path.unlink()
+        path.mkdir()
+    elif how == "missing":
+        path.unlink()
+    elif how == "truncated data":
+        raw = gzip.decompress(path.read_bytes())
+        path.write_bytes(gzip.compress(raw[:-784]))
+
+
+BAD_FILES = [
+    ("train-images-idx3-ubyte.gz", "truncated gzip", "gzip"),
+    ("train-images-idx3-ubyte.gz", "wrong magic", "magic number"),
+    ("train-images-idx3-ubyte.gz", "wrong image size", "27x28"),
+    ("train-images-idx3-ubyte.gz", "truncated data", "truncated"),
+    ("train-labels-idx1-ubyte.gz", "label out of range", "label 12 at index 5"),
+    ("train-labels-idx1-ubyte.gz", "count mismatch", "599 labels"),
+    ("t10k-labels-idx1-ubyte.gz", "empty file", "empty"),
+    ("t10k-images-idx3-ubyte.gz", "directory", "is a directory"),
+    ("t10k-images-idx3-ubyte.gz", "missing", "missing t10k-images-idx3-ubyte"),
+]
+
+
+@pytest.mark.parametrize("name, how, message", BAD_FILES)
+def test_bad_data_file_is_named_in_one_line_exit_1(tmp_path, name, how, message):
+    data = write_dataset(tmp_path / "data")
+    corrupt(data, name, how)
+    out = tmp_path / "out"
+    result = run_cli("--data-dir", data, "--output-dir", out)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    if how != "missing":
+        assert name in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_npz_missing_an_array_is_named(tmp_path):
+    x, y = synthetic_digits(100, seed=1)
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x)
+    result = run_cli("--data-dir", tmp_path, "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert "mnist.npz" in result.stderr and "y_test" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+    result = run_cli("--data-dir", tmp_path / "nowhere", "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert "no such directory" in result.stderr
+
+
+def test_empty_data_dir_names_the_expected_files(tmp_path):
+    result = run_cli("--data-dir", tmp_path, "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert "train-images-idx3-ubyte" in result.stderr and "npz" in result.stderr
+
+
+def test_plain_gzip_dotted_and_npz_layouts_load_the_same_arrays(tmp_path):
+    gz = write_dataset(tmp_path / "gz")
+    plain = write_dataset(tmp_path / "plain", gz=False)
+    dotted = tmp_path / "dotted"
+    dotted.mkdir()
+    for path in gz.iterdir():
+        shutil.copy(path, dotted / path.name.replace("s-idx", "s.idx"))
+    reference, _ = dc.read_data_dir(gz, "mnist")
+    npz = tmp_path / "npz"
+    npz.mkdir()
+    np.savez(npz / "mnist.npz", **reference)
+    for directory in (plain, dotted, npz, npz / "mnist.npz"):
+        arrays, _ = dc.read_data_dir(directory, "mnist")
+        for key in reference:
+            np.testing.assert_array_equal(arrays[key], reference[key])
+
+
+def test_split_is_seeded_disjoint_and_scaled():
+    x, y = synthetic_digits(1000, seed=3)
+    arrays = dict(x_train=x, y_train=y.astype(np.int32), x_test=x[:10], y_test=y[:10])
+    first = dc.split_and_scale(arrays, 0.1, seed=7)
+    again = dc.split_and_scale(arrays, 0.1, seed=7)
+    other = dc.split_and_scale(arrays, 0.1, seed=8)
+    assert len(first["x_val"]) == 100 and len(first["x_train"]) == 900
+    np.testing.assert_array_equal(first["x_val"], again["x_val"])
+    assert not np.array_equal(first["x_val"], other["x_val"])
+    assert first["x_train"].dtype == np.float32
+    assert 0.0 <= first["x_train"].min() and first["x_train"].max() <= 1.0
+    np.testing.assert_allclose(first["x_test"], x[:10] / 255, rtol=1e-6)
+
+
+def test_offline_without_cache_names_data_dir(tmp_path):
+    # KERAS_HOME points Keras' cache at an empty folder; this machine has no route to the
+    # download servers, so the loader fails as it would for a user offline.
+    result = run_cli("--output-dir", tmp_path / "out", "--epochs", "1",
+                     env={"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+                          "HTTP_PROXY": "http://127.0.0.1:9"}, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--data-dir" in lines[0] and "could not download" in lines[0]

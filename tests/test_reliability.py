@@ -1,0 +1,226 @@
+"""Interrupted, killed, diverging, unwritable or repeated runs: nothing is lost or faked."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import digit_classifier as dc
+from conftest import SCRIPT, run_cli, write_dataset
+
+LONG = ["--epochs", "60", "--hidden", "32", "--batch-size", "64"]
+
+
+def start_cli(*args):
+    """Start the real CLI in the background."""
+    return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(out, count, process, timeout=120):
+    """Block until the run has checkpointed `count` finished epochs."""
+    state = out / "checkpoint" / "state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"run ended early: {process.communicate()}")
+        try:
+            if json.loads(state.read_text())["epochs_done"] >= count:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    pytest.fail("training never reached the expected epoch")
+
+
+def test_sigint_stops_gracefully_and_writes_reports(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, *LONG)
+    wait_for_epochs(out, 2, process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["interrupted"] is True
+    assert 2 <= metrics["epochs_completed"] < 60
+    assert len(metrics["history"]["loss"]) == metrics["epochs_completed"]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == metrics["epochs_completed"]
+    for name in ("model.keras", "report.html", "confusion_matrix.png", "training_curves.png"):
+        assert (out / name).is_file()
+    assert (out / "checkpoint" / "state.json").is_file()  # kept, so --resume can finish
+    assert f"during epoch {metrics['epochs_completed'] + 1}" in stdout
+
+
+def test_sigterm_is_handled_like_sigint(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, "--quiet", *LONG)
+    wait_for_epochs(out, 1, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert json.loads((out / "metrics.json").read_text())["interrupted"] is True
+
+
+def test_sigkill_then_resume_finishes_the_same_number_of_epochs(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    args = ["--data-dir", synthetic_dir, "--output-dir", out, "--epochs", "25",
+            "--hidden", "32", "--batch-size", "64"]
+    process = start_cli(*args, "--quiet")
+    wait_for_epochs(out, 3, process)
+    process.kill()
+    process.wait()
+    before = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert before["epochs_done"] < 25
+    assert not (out / "metrics.json").exists()
+    for partial in out.rglob("*"):  # only complete files, never a truncated one
+        if partial.suffix == ".json":
+            json.loads(partial.read_text())
+
+    refused = run_cli(*args, "--quiet")
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+
+    changed = run_cli(*args[:-1], "128", "--resume", "--quiet")
+    assert changed.returncode == 1 and "--batch-size" in changed.stderr
+
+    resumed = run_cli(*args, "--resume")  # not quiet: says where it resumes
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from" in resumed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 25 and len(metrics["history"]["loss"]) == 25
+    assert metrics["history"]["loss"][:before["epochs_done"]] == \
+        [row["loss"] for row in before["history"]]
+    assert len(list(csv.DictReader((out / "history.csv").open()))) == 25
+    assert not (out / "checkpoint").exists()
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, synthetic_dir):
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--resume",
+                     "--epochs", "1", "--hidden", "8")
+    assert result.returncode == 0, result.stderr
+    assert "starting from scratch" in result.stdout
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_no_result(tmp_path, synthetic_dir):
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--quiet",
+                     "--learning-rate", "1e8", "--epochs", "3")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "epoch 1, batch" in lines[0] and "--learning-rate" in lines[0]
+    for name in ("model.keras", "metrics.json", "report.html", "confusion_matrix.png"):
+        assert not (tmp_path / name).exists()
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def read_only_command(directory, argv):
+    """A command that runs argv where `directory` cannot be written, even by root."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        return argv
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare: no way to make a directory read-only")
+    quoted = " ".join(f"'{a}'" for a in argv)
+    script = (f"mount --bind '{directory}' '{directory}' && "
+              f"mount -o remount,bind,ro '{directory}' && exec {quoted}")
+    return ["unshare", "--mount", "sh", "-c", script]
+
+
+def test_read_only_output_dir_fails_before_training_and_keeps_files(tmp_path, synthetic_dir):
+    out = tmp_path / "readonly"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"keep": true}')
+    argv = [sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir), "--output-dir",
+            str(out), "--epochs", "1"]
+    probe = subprocess.run(read_only_command(out, ["touch", str(out / "probe")]),
+                           capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("could not make a read-only directory on this machine")
+    result = subprocess.run(read_only_command(out, argv), capture_output=True, text=True)
+    out.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and "Traceback" not in result.stderr
+    assert (out / "metrics.json").read_text() == '{"keep": true}'
+    assert "Epoch" not in result.stdout  # refused before training started
+
+
+def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("previous")
+
+    def write_then_fail(tmp):
+        tmp.write_text("half a fi")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        dc.write_atomically(target, write_then_fail)
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, synthetic_dir):
+    # A 200 KB tmpfs in a private mount namespace fills up while the run saves its files.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to mount a small tmpfs")
+    out = tmp_path / "small"
+    out.mkdir()
+    run = " ".join(f"'{a}'" for a in [sys.executable, str(SCRIPT), "--data-dir",
+                                      str(synthetic_dir), "--output-dir", str(out), "--quiet",
+                                      "--epochs", "2", "--hidden", "64"])
+    script = (f"mount -t tmpfs -o size=200k tmpfs '{out}' || exit 99; "
+              f"echo earlier > '{out}/metrics.json'; {run}; rc=$?; "
+              f"echo \"KEPT=$(cat '{out}/metrics.json')\"; "
+              f"echo \"PARTIAL=$(ls -a '{out}' | grep -c partial)\"; exit $rc")
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
+                            text=True, timeout=300)
+    if result.returncode == 99:
+        pytest.skip("could not mount a tmpfs here")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr
+    assert "KEPT=earlier" in result.stdout and "PARTIAL=0" in result.stdout
+
+
+def test_deterministic_runs_are_identical(tmp_path, synthetic_dir):
+    import keras
+
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--quiet",
+                         "--deterministic", "--epochs", "2", "--hidden", "32", "16",
+                         "--dropout", "0.1")
+        assert result.returncode == 0, result.stderr
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in outs]
+    for m in metrics:
+        m.pop("timing")
+        m["config"].pop("output_dir")
+    assert metrics[0] == metrics[1]
+    assert (outs[0] / "history.csv").read_bytes() == (outs[1] / "history.csv").read_bytes()
+    weights = [keras.models.load_model(out / "model.keras").get_weights() for out in outs]
+    for first, second in zip(*weights):
+        assert first.tobytes() == second.tobytes()
+
+
+def test_same_seed_gives_same_split_and_initial_weights():
+    import keras
+
+    x = np.arange(1000 * 28 * 28, dtype=np.uint32).reshape(1000, 28, 28) % 251
+    arrays = dict(x_train=x.astype(np.uint8), y_train=np.arange(1000, dtype=np.int32) % 10,
+                  x_test=x[:5].astype(np.uint8), y_test=np.zeros(5, np.int32))
+    splits = [dc.split_and_scale(arrays, 0.2, seed=3)["y_val"] for _ in range(2)]
+    np.testing.assert_array_equal(*splits)
+    initial = []
+    for _ in range(2):
+        keras.utils.set_random_seed(3)
+        initial.append(dc.build_model((16,)).get_weights())
+    for first, second in zip(*initial):
+        np.testing.assert_array_equal(first, second)

@@ -13,6 +13,7 @@ errors answer at once.
 
 import argparse
 import base64
+import csv
 import dataclasses
 import gzip
 import html
@@ -54,17 +55,17 @@ class Config:
     dataset: str = "mnist"
     data_dir: str | None = None
     output_dir: str = "outputs"
-    hidden: tuple[int, ...] = (100, 100, 100)
-    dropout: float = 0.0
+    hidden: tuple[int, ...] = (512, 256)
+    dropout: float = 0.2
     augment: bool = False
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"
     warmup_epochs: int = 0
     validation_split: float = 0.1
     patience: int | None = None
-    steps_per_execution: int = 1
+    steps_per_execution: int = 16
     seed: int = 42
     deterministic: bool = False
     resume: bool = False
@@ -319,13 +320,21 @@ def write_json(path, data):
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def write_csv(path, columns, rows):
+    """Write dict rows as CSV atomically; floats to 6 significant digits."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else f"{row[c]:.6g}" if isinstance(row[c], float)
+                         else row[c] for c in columns])
+    return write_text(path, buffer.getvalue())
+
+
 def write_history_csv(path, rows):
     """One row per finished epoch with every metric recorded."""
-    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["epoch"]
-    lines = [",".join(columns)]
-    lines += [",".join(f"{row[c]:.6g}" if isinstance(row.get(c), float) else str(row.get(c, ""))
-                       for c in columns) for row in rows]
-    return write_text(path, "\n".join(lines) + "\n")
+    return write_csv(path, list(dict.fromkeys(key for row in rows for key in row)) or ["epoch"],
+                     rows)
 
 
 def prepare_output_dir(path):
@@ -690,18 +699,25 @@ def plot_misclassified(x_test, y_test, scores, class_names, dataset_title, path,
     return len(shown)
 
 
-def plot_samples(x_train, y_train, class_names, dataset_title, path, per_class=8, seed=0):
-    """A few training images of each class, one row per class."""
+def plot_samples(x_train, y_train, class_names, dataset_title, path, per_class=10, seed=0):
+    """A few training images of each class, one row per class labelled on the left."""
+    plt = pyplot()
     rng = np.random.default_rng(seed)
-    images, captions = [], []
-    for label in range(NUM_CLASSES):
+    fig, axes = plt.subplots(NUM_CLASSES, per_class, figsize=(per_class * 0.9 + 1.2, 10.2),
+                             squeeze=False)
+    for label, row in enumerate(axes):
         candidates = np.flatnonzero(y_train == label)
         picks = rng.choice(candidates, size=min(per_class, len(candidates)), replace=False)
-        images += list(x_train[picks]) + [np.zeros(IMAGE_SHAPE)] * (per_class - len(picks))
-        captions += [class_names[label]] * len(picks) + [""] * (per_class - len(picks))
-    return plot_digit_grid(np.array(images), captions,
-                           f"{dataset_title} training set: {per_class} samples per class",
-                           path, columns=per_class)
+        for ax, index in zip(row, list(picks) + [None] * (per_class - len(picks))):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+            if index is not None:
+                ax.imshow(x_train[index], cmap="gray", vmin=0, vmax=1)
+        row[0].set_ylabel(class_names[label], rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle(f"{dataset_title} training set: {per_class} random samples per class")
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def per_class_rows(scores, class_names):
@@ -809,8 +825,6 @@ def write_reports(output_dir, data, scores, config, dataset_info, training):
         versions=versions(),
         interrupted=bool(training and training["interrupted"]),
     )
-    if training and training.get("repeats"):
-        metrics["repeats"] = training["repeats"]
     write_html_report(output_dir / "report.html", metrics, images, class_names)
     return metrics
 
@@ -879,6 +893,7 @@ def setup_keras(config):
                 import tensorflow as tf
 
                 tf.config.list_physical_devices()  # the CUDA probe that logs on CPU machines
+                tf.get_logger().setLevel("ERROR")  # e.g. retracing notices when comparing models
     except ImportError as err:
         raise RunError(f"cannot import Keras with the {config.backend} backend ({err}); "
                        f"install it with: pip install -r requirements.txt") from None
@@ -963,6 +978,9 @@ def run_training(config):
         start = time.perf_counter()
         metrics = write_reports(output_dir, data, scores, config, dataset_info, training)
         timing["report_seconds"] = round(time.perf_counter() - start, 3)
+    if config.repeats > 1 and not training["interrupted"]:
+        metrics["repeats"] = run_repeats(config, data, scores, training["seconds"])
+    with StopSignals():
         timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
         metrics["timing"] = timing
         write_json(output_dir / "metrics.json", metrics)
@@ -975,6 +993,26 @@ def run_training(config):
               f"epochs; rerun with --resume to finish training", file=sys.stderr)
         return 130
     return 0
+
+
+def run_repeats(config, data, first_scores, first_seconds):
+    """Train the same configuration with seeds seed+1 ... and summarise all runs."""
+    runs = [dict(seed=config.seed, test_accuracy=first_scores["test_accuracy"],
+                 test_loss=first_scores["test_loss"], train_seconds=first_seconds)]
+    with StopSignals() as signals:
+        for repeat in range(1, config.repeats):
+            run = train_and_score(config, data, config.hidden, config.seed + repeat, signals)
+            if run["interrupted"]:
+                break
+            runs.append(run)
+            say(config, f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4%}")
+    summary = dict(seeds=[run["seed"] for run in runs])
+    for key in ("test_accuracy", "test_loss", "train_seconds"):
+        summary[key] = [run[key] for run in runs]
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_and_std(summary[key])
+    say(config, f"test accuracy over {len(runs)} seeds: {summary['test_accuracy_mean']:.4%} "
+                f"± {summary['test_accuracy_std']:.4%} (mean ± standard deviation)")
+    return summary
 
 
 def say(config, message):
@@ -1152,7 +1190,9 @@ def run_prediction(config, model_path, image_paths, as_json):
         for path, p in zip(names, probabilities):
             ranked = np.argsort(-p)[:3]
             best = ranked[0]
-            captions.append(f"{Path(path).name[:18]}\n{class_names[best]} ({p[best]:.0%})")
+            name = Path(path).name
+            name = name if len(name) <= 20 else f"{name[:9]}…{name[-9:]}"
+            captions.append(f"{name}\n{class_names[best]} ({p[best]:.0%})")
             if as_json:
                 print(json.dumps(dict(
                     file=str(path), prediction=class_names[best], probability=float(p[best]),
@@ -1187,7 +1227,7 @@ def train_and_score(config, data, hidden, seed, signals):
     kept = training["history"][training["kept_epoch"] - 1] if training["history"] else {}
     return dict(hidden=list(hidden), seed=seed, parameters=int(model.count_params()),
                 val_accuracy=kept.get("val_accuracy"), test_accuracy=scores["test_accuracy"],
-                train_seconds=training["seconds"], interrupted=training["interrupted"])
+                test_loss=scores["test_loss"], train_seconds=training["seconds"], interrupted=training["interrupted"])
 
 
 def mean_and_std(values):
@@ -1239,14 +1279,8 @@ def write_comparison(output_dir, rows, dataset_title):
                "test_accuracy_mean", "test_accuracy_std", "train_seconds_mean",
                "train_seconds_std"]
 
-    def cell(row, column):
-        value = row[column]
-        if column == "hidden":
-            return format_hidden(value)
-        return "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
-
-    csv = [",".join(columns)] + [",".join(cell(row, c) for c in columns) for row in rows]
-    write_text(output_dir / "comparison.csv", "\n".join(csv) + "\n")
+    write_csv(output_dir / "comparison.csv", columns,
+              [dict(row, hidden=format_hidden(row["hidden"])) for row in rows])
 
     def pct(mean, std):
         return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"

@@ -77,6 +77,8 @@ def trained_synthetic(tmp_path_factory, synthetic_dir):
 def mnist_dir():
     """The real MNIST-24k files, found through MNIST_DIR (set by .ci/run)."""
     path = os.environ.get("MNIST_DIR")
+    if path and not Path(path).is_absolute():
+        path = str(ROOT / path)  # relative to the project root, as .ci/run sets it
     if not path:
         pytest.skip("MNIST_DIR is not set: real-data tests need ../shared/data/mnist "
                     "(bash .ci/run sets it)")

@@ -75,8 +75,8 @@ def test_help_lists_flags_with_defaults():
     result = run_cli("--help")
     assert result.returncode == 0
     for text in ("--epochs", "--hidden", "--batch-size", "--learning-rate", "--data-dir",
-                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 5)",
-                 "(default: 100 100 100)"):
+                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 20)",
+                 "(default: 512 256)"):
         assert text in result.stdout
 
 

@@ -1,0 +1,159 @@
+"""--predict on a user's own image files, and the preprocessing that makes them MNIST-like."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import digit_classifier as dc
+from conftest import run_cli
+
+
+def user_style_image(digit, size, style, rng):
+    """A real 28x28 MNIST digit redrawn the way a user's file looks: black ink on white paper,
+    scaled up, placed off-centre with a margin, saved as RGB, transparent RGBA or JPEG."""
+    ink = Image.fromarray(digit).resize((int(size * 0.6), int(size * 0.6)), Image.BICUBIC)
+    ink = np.asarray(ink, dtype=np.float32) / 255
+    canvas = np.zeros((size, size), np.float32)
+    top, left = rng.integers(0, size - ink.shape[0] + 1, size=2)
+    canvas[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
+    paper = np.uint8(np.round(255 * (1 - canvas)))
+    if style == "rgba":  # black ink on a transparent background
+        rgba = np.zeros((size, size, 4), np.uint8)
+        rgba[..., 3] = np.uint8(np.round(255 * canvas))
+        return Image.fromarray(rgba, "RGBA")
+    image = Image.fromarray(paper, "L").convert("RGB")
+    if style == "rgb-tinted":  # bluish ink on cream paper
+        tinted = np.asarray(image, np.float32) * np.array([1.0, 0.97, 0.88])
+        tinted[canvas > 0.3] = tinted[canvas > 0.3] * 0.4 + np.array([0, 0, 90])
+        image = Image.fromarray(np.uint8(np.clip(tinted, 0, 255)), "RGB")
+    return image
+
+
+STYLES = [("png", "rgb"), ("png", "rgba"), ("jpg", "rgb"), ("png", "rgb-tinted")]
+SIZES = [28, 64, 150, 400]
+
+
+def make_user_images(directory, x_test, y_test, count):
+    """Files in every size and style, from the first `count` test digits."""
+    rng = np.random.default_rng(0)
+    files, labels = [], []
+    for i in range(count):
+        extension, style = STYLES[i % len(STYLES)]
+        size = SIZES[(i // len(STYLES)) % len(SIZES)]
+        path = directory / f"digit{i:03d}_{style}_{size}.{extension}"
+        image = user_style_image(x_test[i], size, style, rng)
+        image.save(path, quality=85) if extension == "jpg" else image.save(path)
+        files.append(path)
+        labels.append(int(y_test[i]))
+    return files, labels
+
+
+def test_user_images_are_classified_like_mnist(trained_mnist, mnist_dir, tmp_path):
+    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
+    files, labels = make_user_images(tmp_path, arrays["x_test"], arrays["y_test"], 320)
+    result = run_cli("--predict", *files, "--model", trained_mnist / "model.keras",
+                     "--output-dir", tmp_path / "out", "--json")
+    assert result.returncode == 0, result.stderr
+    predictions = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [p["file"] for p in predictions] == [str(f) for f in files]
+    correct = sum(int(p["prediction"]) == label for p, label in zip(predictions, labels))
+    accuracy = correct / len(files)
+    print(f"user-style images classified correctly: {correct}/{len(files)} = {accuracy:.2%}")
+    assert accuracy >= 0.95
+    assert (tmp_path / "out" / "predictions.png").is_file()
+
+
+def test_preprocessing_recovers_an_mnist_digit(mnist_dir):
+    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        digit = arrays["x_test"][i]
+        original = digit.astype(np.float32) / 255
+        for style in ("rgb", "rgba"):
+            image = user_style_image(digit, 200, style, rng)
+            if image.mode == "RGBA":
+                gray = np.asarray(dc.flatten_transparency(image).convert("L"), np.float32) / 255
+            else:
+                gray = np.asarray(image.convert("L"), np.float32) / 255
+            processed = dc.to_mnist_format(gray)
+            assert processed.shape == (28, 28) and processed.dtype == np.float32
+            assert processed.max() == pytest.approx(1.0) and processed.min() >= 0
+            ys, xs = np.indices(processed.shape)
+            centre = ((ys * processed).sum() / processed.sum(), (xs * processed).sum() / processed.sum())
+            assert abs(centre[0] - 14) < 1 and abs(centre[1] - 14) < 1
+            correlation = np.corrcoef(processed.ravel(), original.ravel())[0, 1]
+            assert correlation > 0.6, (i, style, correlation)
+
+
+@pytest.fixture(scope="module")
+def model_path(trained_synthetic):
+    return trained_synthetic[0] / "model.keras"
+
+
+def test_bad_images_are_reported_and_the_rest_classified(tmp_path, model_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.uint8(255 - np.pad(np.full((12, 4), 255), 8))).save(good)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (100, 80), "white").save(blank)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    truncated = tmp_path / "truncated.jpg"
+    Image.new("RGB", (200, 200), "white").save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    missing = tmp_path / "missing.png"
+    bad = {blank: "blank", empty: "empty", text: "not an image", truncated: "unreadable",
+           folder: "directory", missing: "no such file"}
+    result = run_cli("--predict", good, *bad, "--model", model_path,
+                     "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(bad)
+    for (path, reason), line in zip(bad.items(), errors):
+        assert line.startswith(f"error: {path}: ") and reason in line, line
+    lines = [line for line in result.stdout.splitlines() if line.startswith(str(good))]
+    assert len(lines) == 1 and "next:" in lines[0]
+    assert (tmp_path / "out" / "predictions.png").is_file()
+
+
+def test_json_lines_carry_prediction_and_two_candidates(tmp_path, model_path):
+    image = tmp_path / "one.png"
+    Image.fromarray(np.uint8(np.pad(np.full((3, 20), 255), 4))).save(image)
+    result = run_cli("--predict", image, "--json", "--model", model_path,
+                     "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["file"] == str(image) and record["prediction"] in dc.DIGITS
+    assert len(record["candidates"]) == 2
+    probabilities = [record["probability"]] + [c["probability"] for c in record["candidates"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_missing_model_suggests_training(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    result = run_cli("--predict", image, "--model", tmp_path / "none.keras")
+    assert result.returncode == 1
+    assert "train one first" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_incompatible_model_is_refused(tmp_path):
+    import keras
+
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    other.save(tmp_path / "other.keras")
+    not_a_model = tmp_path / "junk.keras"
+    not_a_model.write_text("junk")
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    for path in (tmp_path / "other.keras", not_a_model):
+        result = run_cli("--predict", image, "--model", path, "--output-dir", tmp_path)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "train one first" in lines[0], result.stderr

@@ -34,7 +34,7 @@ BAD_FLAGS = [
     (["--json"], "--json"),
     (["--resume", "--evaluate"], "--resume"),
     (["--patience", "3", "--validation-split", "0"], "--patience"),
-    (["--warmup-epochs", "2"], "--warmup-epochs"),
+    (["--lr-schedule", "constant", "--warmup-epochs", "2"], "--warmup-epochs"),
     (["--lr-schedule", "cosine", "--warmup-epochs", "5", "--epochs", "5"], "--warmup-epochs"),
 ]
 

@@ -467,7 +467,8 @@ class TrainingMonitor:
         if self.stopped_mid_epoch or self.nonfinite:
             return
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        row["learning_rate"] = float(current_learning_rate(self.model))
+        # Keras evaluates a schedule at the current step when asked for the rate.
+        row["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
         self.history.append(row)
         if self.history_csv:
             write_history_csv(self.history_csv, self.history)
@@ -482,15 +483,6 @@ class TrainingMonitor:
         return keras.callbacks.LambdaCallback(on_epoch_begin=self.on_epoch_begin,
                                               on_train_batch_end=self.on_train_batch_end,
                                               on_epoch_end=self.on_epoch_end)
-
-
-def current_learning_rate(model):
-    """The optimizer's learning rate now, whether constant or scheduled."""
-    optimizer = model.optimizer
-    rate = optimizer.learning_rate
-    if callable(getattr(optimizer, "_learning_rate", None)):
-        rate = optimizer._learning_rate(optimizer.iterations)
-    return float(np.asarray(rate))
 
 
 def train(model, data, config, signals, output_dir=None, initial_epoch=0, history=()):
@@ -522,7 +514,8 @@ def train(model, data, config, signals, output_dir=None, initial_epoch=0, histor
     epochs_run = len(monitor.history) - initial_epoch
     kept_epoch = len(monitor.history)
     if early_stopping is not None and early_stopping.best_weights is not None:
-        kept_epoch = early_stopping.best_epoch + 1
+        # An interrupted epoch is not in the history, even if it scored best.
+        kept_epoch = min(early_stopping.best_epoch + 1, kept_epoch)
     return dict(
         history=monitor.history, seconds=seconds, kept_epoch=kept_epoch,
         epochs_completed=len(monitor.history),

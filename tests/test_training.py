@@ -202,3 +202,28 @@ def test_score_matches_a_hand_computed_example():
     assert scores["precision"][0] == pytest.approx(0.5) and scores["recall"][1] == pytest.approx(0.5)
     assert scores["test_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4])), rel=1e-5)
     assert dc.top_confusions(scores["confusion_matrix"], dc.DIGITS) == [("1", "0", 1)]
+
+
+def test_patience_stops_early_and_keeps_the_best_epoch():
+    import keras
+
+    from conftest import synthetic_digits
+
+    x, y = synthetic_digits(600, seed=4)
+    x = x.astype(np.float32) / 255
+    y = y.astype(np.int32)
+    # Every validation label is wrong, so validation loss worsens as the network learns.
+    data = dict(x_train=x[100:], y_train=y[100:], x_val=x[:100], y_val=(y[:100] + 1) % 10)
+    config = dc.Config(hidden=(32,), dropout=0.0, epochs=30, batch_size=50, patience=1,
+                       lr_schedule="constant", steps_per_execution=1, quiet=True)
+    keras.utils.set_random_seed(0)
+    model = dc.compile_model(dc.build_model(config.hidden), config, steps_per_epoch=10)
+
+    class NoSignal:
+        received = None
+
+    training = dc.train(model, data, config, NoSignal())
+    assert training["kept_epoch"] == 1
+    assert training["epochs_completed"] == 2  # one epoch without improvement, then stop
+    losses = [row["val_loss"] for row in training["history"]]
+    assert losses[1] > losses[0]

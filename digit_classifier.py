@@ -781,7 +781,7 @@ on {dataset['test_size']} test images.</p>
 
 
 def write_reports(output_dir, data, scores, config, dataset_info, training):
-    """Every picture and report.html for one evaluated model; returns the metrics dict."""
+    """Every picture and report.html for one evaluated model; returns metrics and paths written."""
     output_dir = Path(output_dir)
     class_names, title = DATASETS[config.dataset]["classes"], DATASETS[config.dataset]["title"]
     accuracy = scores["test_accuracy"]
@@ -799,7 +799,7 @@ def write_reports(output_dir, data, scores, config, dataset_info, training):
         output_dir / "confusion_matrix_normalized.png", normalize=True))
     misclassified_count = plot_misclassified(data["x_test"], data["y_test"], scores, class_names,
                                              title, output_dir / "misclassified.png")
-    images.insert(1 if training and training["history"] else 0, output_dir / "misclassified.png")
+    images.append(output_dir / "misclassified.png")
     images.append(plot_samples(data["x_train"], data["y_train"], class_names, title,
                                output_dir / "samples.png", seed=config.seed))
     history = training["history"] if training else []
@@ -819,7 +819,7 @@ def write_reports(output_dir, data, scores, config, dataset_info, training):
         interrupted=bool(training and training["interrupted"]),
     )
     write_html_report(output_dir / "report.html", metrics, images, class_names)
-    return metrics
+    return metrics, images + [output_dir / "report.html"]
 
 
 def config_record(config):
@@ -966,21 +966,22 @@ def run_training(config):
         scores = evaluate(model, data["x_test"], data["y_test"])
         timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        model_path = write_atomically(output_dir / "model.keras", lambda tmp: model.save(tmp))
+        write_atomically(output_dir / "model.keras", lambda tmp: model.save(tmp))
         timing["save_seconds"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        metrics = write_reports(output_dir, data, scores, config, dataset_info, training)
+        metrics, written = write_reports(output_dir, data, scores, config, dataset_info, training)
         timing["report_seconds"] = round(time.perf_counter() - start, 3)
     if config.repeats > 1 and not training["interrupted"]:
         metrics["repeats"] = run_repeats(config, data, scores, training["seconds"])
     with StopSignals():
         timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
         metrics["timing"] = timing
-        write_json(output_dir / "metrics.json", metrics)
+        written.append(write_json(output_dir / "metrics.json", metrics))
         if not training["interrupted"]:
             checkpoint.remove()
-    print_summary(metrics, DATASETS[config.dataset]["classes"],
-                  sorted(output_dir.glob("*.*")), config.quiet)
+    written += [output_dir / "model.keras"]
+    written += [output_dir / "history.csv"] if training["history"] else []
+    print_summary(metrics, DATASETS[config.dataset]["classes"], written, config.quiet)
     if training["interrupted"]:
         print(f"interrupted: reports describe the model after {training['epochs_completed']} "
               f"epochs; rerun with --resume to finish training", file=sys.stderr)
@@ -1072,13 +1073,13 @@ def run_evaluation(config, model_path):
     scores = evaluate(model, data["x_test"], data["y_test"])
     timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
     start = time.perf_counter()
-    metrics = write_reports(output_dir, data, scores, config, dataset_info, training=None)
+    metrics, written = write_reports(output_dir, data, scores, config, dataset_info,
+                                     training=None)
     timing["report_seconds"] = round(time.perf_counter() - start, 3)
     timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
     metrics.update(timing=timing, model=str(Path(model_path).resolve()))
-    write_json(output_dir / "metrics.json", metrics)
-    print_summary(metrics, DATASETS[config.dataset]["classes"],
-                  sorted(output_dir.glob("*.*")), config.quiet)
+    written.append(write_json(output_dir / "metrics.json", metrics))
+    print_summary(metrics, DATASETS[config.dataset]["classes"], written, config.quiet)
     return 0
 
 

@@ -224,3 +224,30 @@ def test_same_seed_gives_same_split_and_initial_weights():
         initial.append(dc.build_model((16,)).get_weights())
     for first, second in zip(*initial):
         np.testing.assert_array_equal(first, second)
+
+
+def test_second_sigint_exits_at_once_leaving_only_complete_files(tmp_path, synthetic_dir):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, *LONG)
+    wait_for_epochs(out, 2, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    for path in out.rglob("*"):
+        if path.name.startswith(".") or path.is_dir():
+            continue  # a temporary file the exit cut short is never under a final name
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".png":
+            with Image.open(path) as image:
+                image.verify()
+        elif path.suffix == ".keras":
+            import zipfile
+
+            assert zipfile.ZipFile(path).testzip() is None
+    assert (out / "checkpoint" / "state.json").is_file()

@@ -1,0 +1,134 @@
+"""Training speed: the plain Keras recipe against digit_classifier.py's default settings.
+
+    python benchmarks/speed.py --data-dir ../shared/data/mnist [--repeats 3]
+
+Both train the seeds' network (Flatten, 3 x Dense(100, relu), Dense(10, softmax), no
+dropout) on the same training images:
+
+- plain: Keras' default `fit` settings, batch 32, one step per call, Adam 1e-3 constant;
+- ours:  the script's default training settings (batch size, steps per execution, learning
+         rate and schedule, epochs) from digit_classifier.Config.
+
+Each run is its own process, so each has its own peak memory; runs alternate plain/ours so
+that a noisy machine slows both alike. The script prints medians and the ratio of ours to
+plain in training samples per second and in training seconds until test accuracy first
+reaches the target (checked after every epoch, off the training clock; a benchmark may look
+at the test set, the training never does).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SEED_NETWORK = (100, 100, 100)
+PLAIN_EPOCHS = 15
+
+
+def worker(kind, data_dir, seed, target):
+    """Train once and print one JSON line of measurements."""
+    import digit_classifier as dc
+
+    config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True)
+    if kind == "plain":
+        config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True,
+                           batch_size=32, steps_per_execution=1, learning_rate=1e-3,
+                           lr_schedule="constant", epochs=PLAIN_EPOCHS)
+    arrays, _ = dc.load_dataset(config.dataset, data_dir)
+    dc.setup_keras(config)
+    import keras
+
+    data = dc.split_and_scale(arrays, 0.0, seed)  # all training images, no hold-out
+    steps = -(-len(data["x_train"]) // config.batch_size)
+    model = dc.build_model(config.hidden)
+    if kind == "plain":  # exactly Keras' defaults: a plain compile, nothing of ours
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        dc.compile_model(model, config, steps)
+
+    clock = {"train": 0.0, "epoch_start": 0.0, "reached": None, "accuracies": []}
+
+    def on_epoch_begin(epoch, logs=None):
+        clock["epoch_start"] = time.perf_counter()
+
+    def on_epoch_end(epoch, logs=None):
+        clock["train"] += time.perf_counter() - clock["epoch_start"]
+        accuracy = dc.evaluate(model, data["x_test"], data["y_test"])["test_accuracy"]
+        clock["accuracies"].append(accuracy)
+        if clock["reached"] is None and accuracy >= target:
+            clock["reached"] = clock["train"]
+
+    model.fit(data["x_train"], data["y_train"], batch_size=config.batch_size,
+              epochs=config.epochs, verbose=0, shuffle=True,
+              callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin,
+                                                        on_epoch_end=on_epoch_end)])
+    print(json.dumps(dict(
+        kind=kind, seed=seed, epochs=config.epochs, batch_size=config.batch_size,
+        steps_per_execution=config.steps_per_execution,
+        samples_per_second=config.epochs * len(data["x_train"]) / clock["train"],
+        seconds_to_target=clock["reached"], final_accuracy=clock["accuracies"][-1],
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+
+
+def median(values):
+    """Median of the values that exist, or None."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main():
+    """Alternate plain and ours over several repeats; print medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, help="MNIST IDX files")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (default: 3)")
+    parser.add_argument("--target", type=float, default=0.96,
+                        help="test accuracy for the time-to-accuracy figure (default: 0.96)")
+    parser.add_argument("--worker", choices=("plain", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.data_dir, args.seed, args.target)
+
+    results = {"plain": [], "ours": []}
+    for repeat in range(args.repeats):
+        for kind in ("plain", "ours"):
+            command = [sys.executable, __file__, "--worker", kind, "--seed", str(repeat),
+                       "--data-dir", args.data_dir, "--target", str(args.target)]
+            output = subprocess.run(command, capture_output=True, text=True, check=True,
+                                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            run = json.loads(output.stdout.strip().splitlines()[-1])
+            results[kind].append(run)
+            reached = (f"{run['seconds_to_target']:.1f} s" if run["seconds_to_target"]
+                       else "never")
+            print(f"repeat {repeat + 1} {kind:5s}: {run['samples_per_second']:8.0f} samples/s, "
+                  f"{args.target:.0%} after {reached}, final {run['final_accuracy']:.2%}, "
+                  f"peak {run['peak_rss_mb']:.0f} MB", flush=True)
+
+    summary = {kind: {key: median([r[key] for r in runs]) for key in
+                      ("samples_per_second", "seconds_to_target", "peak_rss_mb")}
+               for kind, runs in results.items()}
+    plain, ours = summary["plain"], summary["ours"]
+    print(f"\nmedians over {args.repeats} repeats (seeds' network, {args.target:.0%} target):")
+    print(f"{'':6s} {'samples/s':>10s} {'s to target':>12s} {'peak MB':>8s}")
+    for kind in ("plain", "ours"):
+        s = summary[kind]
+        to_target = f"{s['seconds_to_target']:.1f}" if s["seconds_to_target"] else "never"
+        print(f"{kind:6s} {s['samples_per_second']:10.0f} {to_target:>12s} {s['peak_rss_mb']:8.0f}")
+    print(f"ours / plain, samples per second: {ours['samples_per_second'] / plain['samples_per_second']:.2f}x")
+    if plain["seconds_to_target"] and ours["seconds_to_target"]:
+        print(f"ours / plain, seconds to {args.target:.0%}: "
+              f"{ours['seconds_to_target'] / plain['seconds_to_target']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

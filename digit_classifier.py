@@ -228,6 +228,7 @@ def load_dataset(dataset, data_dir):
 def split_and_scale(arrays, validation_split, seed):
     """Scale pixels to float32 in 0-1 and hold out a seeded random validation subset."""
     def scale(x):
+        """Pixels 0-255 to float32 0-1."""
         return np.multiply(x, np.float32(1 / 255), dtype=np.float32)
 
     order = np.random.default_rng(seed).permutation(len(arrays["x_train"]))
@@ -364,15 +365,18 @@ class StopSignals:
         self._previous = {}
 
     def __enter__(self):
+        """Install the handlers for SIGINT and SIGTERM."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc):
+        """Restore the previous handlers."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
+        """First signal: ask training to stop; second: exit now."""
         if self.received is not None:
             # Every file is written atomically, so leaving now cannot leave half a file.
             os._exit(130)
@@ -389,9 +393,11 @@ class Checkpoint:
         self.state_path = self.directory / "state.json"
 
     def exists(self):
+        """Whether an unfinished run left a checkpoint here."""
         return self.state_path.is_file()
 
     def read_state(self):
+        """The checkpoint's state.json as a dict."""
         try:
             return json.loads(self.state_path.read_text())
         except (OSError, ValueError) as err:
@@ -427,6 +433,7 @@ class Checkpoint:
         return model, state["epochs_done"], state["history"]
 
     def remove(self):
+        """Delete the checkpoint once the run no longer needs it."""
         for item in self.directory.glob("*"):
             item.unlink(missing_ok=True)
         if self.directory.is_dir():
@@ -451,9 +458,11 @@ class TrainingMonitor:
         self.nonfinite = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        """Remember which epoch is running."""
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        """Stop on a non-finite loss or a stop request."""
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.nonfinite = (self.epoch + 1, batch + 1, float(loss))
@@ -464,6 +473,7 @@ class TrainingMonitor:
 
     def on_epoch_end(self, epoch, logs=None):
         # Keras ends an interrupted epoch like a finished one; it is not one, so skip it.
+        """Record a finished epoch in the history, history.csv and the checkpoint."""
         if self.stopped_mid_epoch or self.nonfinite:
             return
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
@@ -478,6 +488,7 @@ class TrainingMonitor:
             self.model.stop_training = True
 
     def keras_callback(self):
+        """This monitor as a Keras callback."""
         import keras
 
         return keras.callbacks.LambdaCallback(on_epoch_begin=self.on_epoch_begin,
@@ -740,6 +751,7 @@ def versions():
 def write_html_report(path, metrics, images, class_names):
     """One self-contained page: settings, headline numbers, per-class table, every image."""
     def embed(image_path):
+        """An <img> tag carrying the PNG inline."""
         data = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
         return f'<img alt="{html.escape(Path(image_path).stem)}" src="data:image/png;base64,{data}">'
 
@@ -863,6 +875,7 @@ class NativeStderrSilenced:
     oneDNN notices."""
 
     def __enter__(self):
+        """Redirect fd 2 to /dev/null."""
         sys.stderr.flush()
         self._saved = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -870,6 +883,7 @@ class NativeStderrSilenced:
         os.close(devnull)
 
     def __exit__(self, *exc):
+        """Give fd 2 back."""
         os.dup2(self._saved, 2)
         os.close(self._saved)
 
@@ -1277,6 +1291,7 @@ def write_comparison(output_dir, rows, dataset_title):
               [dict(row, hidden=format_hidden(row["hidden"])) for row in rows])
 
     def pct(mean, std):
+        """Mean ± std as percentages."""
         return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
     table = ["| hidden layers | parameters | runs | validation accuracy (%) | "
@@ -1334,6 +1349,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         # Escape control characters a user's argument may carry, so the error stays one line.
+        """Print one line and exit 2."""
         message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -1341,6 +1357,7 @@ class Parser(argparse.ArgumentParser):
 def checked(convert, is_valid, expected):
     """An argparse type: convert the text, then insist on a range; the error says what was expected."""
     def parse(text):
+        """The checked value, or an argparse error naming what was expected."""
         try:
             value = convert(text)
         except ValueError:
@@ -1460,6 +1477,7 @@ def parse_command_line(argv=None):
             else "compare" if "compare" in args else "train")
 
     def refuse(flag, reason):
+        """Fail with a usage error if flag was given."""
         if flag in args:
             parser.error(f"argument --{flag.replace('_', '-')}: {reason}")
 

@@ -472,8 +472,8 @@ class TrainingMonitor:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        # Keras ends an interrupted epoch like a finished one; it is not one, so skip it.
         """Record a finished epoch in the history, history.csv and the checkpoint."""
+        # Keras ends an interrupted epoch like a finished one; it is not one, so skip it.
         if self.stopped_mid_epoch or self.nonfinite:
             return
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
@@ -1014,10 +1014,8 @@ def run_repeats(config, data, first_scores, first_seconds):
                 break
             runs.append(run)
             say(config, f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4%}")
-    summary = dict(seeds=[run["seed"] for run in runs])
-    for key in ("test_accuracy", "test_loss", "train_seconds"):
-        summary[key] = [run[key] for run in runs]
-        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_and_std(summary[key])
+    summary = dict(seeds=[run["seed"] for run in runs],
+                   **spread(runs, ("test_accuracy", "test_loss", "train_seconds")))
     say(config, f"test accuracy over {len(runs)} seeds: {summary['test_accuracy_mean']:.4%} "
                 f"± {summary['test_accuracy_std']:.4%} (mean ± standard deviation)")
     return summary
@@ -1050,18 +1048,17 @@ def require_model_file(path):
 def load_saved_model(path):
     """Load a model this script saved, checking it takes 28x28 images and gives 10 classes."""
     path = Path(path)
-    hint = TRAIN_FIRST
     require_model_file(path)
     import keras
 
     try:
         model = keras.models.load_model(path)
     except Exception as err:  # Keras raises many types for files that are not its models
-        raise RunError(f"{path}: not a loadable Keras model ({type(err).__name__}); {hint}") from None
+        raise RunError(f"{path}: not a loadable Keras model ({type(err).__name__}); {TRAIN_FIRST}") from None
     input_shape, output_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
     if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
         raise RunError(f"{path}: model maps {input_shape} to {output_shape}, not 28x28 images "
-                       f"to 10 classes; {hint}")
+                       f"to 10 classes; {TRAIN_FIRST}")
     return model
 
 
@@ -1235,7 +1232,8 @@ def train_and_score(config, data, hidden, seed, signals):
     kept = training["history"][training["kept_epoch"] - 1] if training["history"] else {}
     return dict(hidden=list(hidden), seed=seed, parameters=int(model.count_params()),
                 val_accuracy=kept.get("val_accuracy"), test_accuracy=scores["test_accuracy"],
-                test_loss=scores["test_loss"], train_seconds=training["seconds"], interrupted=training["interrupted"])
+                test_loss=scores["test_loss"], train_seconds=training["seconds"],
+                interrupted=training["interrupted"])
 
 
 def mean_and_std(values):
@@ -1246,13 +1244,20 @@ def mean_and_std(values):
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def spread(runs, keys):
+    """Each key's values over the runs, with their mean and standard deviation."""
+    summary = {}
+    for key in keys:
+        summary[key] = [run[key] for run in runs]
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_and_std(summary[key])
+    return summary
+
+
 def summarise_runs(runs):
     """Mean and spread of one configuration's runs."""
-    row = dict(hidden=runs[0]["hidden"], parameters=runs[0]["parameters"], runs=len(runs),
-               seeds=[r["seed"] for r in runs])
-    for key in ("val_accuracy", "test_accuracy", "train_seconds"):
-        row[f"{key}_mean"], row[f"{key}_std"] = mean_and_std([r[key] for r in runs])
-    return row
+    return dict(hidden=runs[0]["hidden"], parameters=runs[0]["parameters"], runs=len(runs),
+                seeds=[r["seed"] for r in runs],
+                **spread(runs, ("val_accuracy", "test_accuracy", "train_seconds")))
 
 
 def format_hidden(hidden):
@@ -1348,8 +1353,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but usage errors are a single line on stderr (exit 2)."""
 
     def error(self, message):
-        # Escape control characters a user's argument may carry, so the error stays one line.
         """Print one line and exit 2."""
+        # Escape control characters a user's argument may carry, so the error stays one line.
         message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 

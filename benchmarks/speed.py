@@ -7,7 +7,8 @@ dropout) on the same training images:
 
 - plain: Keras' default `fit` settings, batch 32, one step per call, Adam 1e-3 constant;
 - ours:  the script's default training settings (batch size, steps per execution, learning
-         rate and schedule, epochs) from digit_classifier.Config.
+         rate and schedule, epochs) from digit_classifier.Config, on TensorFlow;
+- jax:   the same as ours on Keras' JAX backend (only with --jax; needs `pip install jax`).
 
 Each run is its own process, so each has its own peak memory; runs alternate plain/ours so
 that a noisy machine slows both alike. The script prints medians and the ratio of ours to
@@ -17,6 +18,7 @@ at the test set, the training never does).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -33,11 +35,13 @@ SEED_NETWORK = (100, 100, 100)
 PLAIN_EPOCHS = 15
 
 
-def worker(kind, data_dir, seed, target):
+def worker(kind, data_dir, seed, target, overrides):
     """Train once and print one JSON line of measurements."""
     import digit_classifier as dc
 
-    config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True)
+    config = dc.Config(**{**dict(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True,
+                                 backend="jax" if kind == "jax" else "tensorflow"),
+                          **overrides})
     if kind == "plain":
         config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True,
                            batch_size=32, steps_per_execution=1, learning_rate=1e-3,
@@ -85,6 +89,22 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def parse_overrides(parser, pairs):
+    """KEY=VALUE pairs as Config values of the field's type."""
+    import digit_classifier as dc
+
+    defaults, overrides = dc.Config(), {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in {field.name for field in dataclasses.fields(dc.Config)}:
+            parser.error(f"--set {pair}: no such digit_classifier.Config field")
+        try:
+            overrides[key] = type(getattr(defaults, key))(value)
+        except (TypeError, ValueError):
+            parser.error(f"--set {pair}: not a valid {key}")
+    return overrides
+
+
 def main():
     """Alternate plain and ours over several repeats; print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -92,22 +112,35 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (default: 3)")
     parser.add_argument("--target", type=float, default=0.96,
                         help="test accuracy for the time-to-accuracy figure (default: 0.96)")
-    parser.add_argument("--worker", choices=("plain", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--jax", action="store_true",
+                        help="also run ours on Keras' JAX backend (needs jax installed)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="change one of ours' settings (a digit_classifier.Config field), "
+                             "e.g. --set batch_size=128 learning_rate=0.002")
+    parser.add_argument("--worker", choices=("plain", "ours", "jax"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    overrides = parse_overrides(parser, args.set)
     if args.worker:
-        return worker(args.worker, args.data_dir, args.seed, args.target)
+        return worker(args.worker, args.data_dir, args.seed, args.target, overrides)
 
-    results = {"plain": [], "ours": []}
+    kinds = ("plain", "ours", "jax") if args.jax else ("plain", "ours")
+    import digit_classifier as dc
+
+    ours = dataclasses.replace(dc.Config(), **overrides)
+    print(f"ours: batch {ours.batch_size}, {ours.steps_per_execution} steps per execution, Adam "
+          f"{ours.learning_rate:g} {ours.lr_schedule}, {ours.epochs} epochs", flush=True)
+    results = {kind: [] for kind in kinds}
     for repeat in range(args.repeats):
-        for kind in ("plain", "ours"):
+        for kind in kinds:
             command = [sys.executable, __file__, "--worker", kind, "--seed", str(repeat),
                        "--data-dir", args.data_dir, "--target", str(args.target)]
+            command += ["--set", *args.set] if args.set else []
             output = subprocess.run(command, capture_output=True, text=True, check=True,
                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
             run = json.loads(output.stdout.strip().splitlines()[-1])
             results[kind].append(run)
-            reached = (f"{run['seconds_to_target']:.1f} s" if run["seconds_to_target"]
+            reached = (f"{run['seconds_to_target']:.2f} s" if run["seconds_to_target"]
                        else "never")
             print(f"repeat {repeat + 1} {kind:5s}: {run['samples_per_second']:8.0f} samples/s, "
                   f"{args.target:.0%} after {reached}, final {run['final_accuracy']:.2%}, "
@@ -116,17 +149,20 @@ def main():
     summary = {kind: {key: median([r[key] for r in runs]) for key in
                       ("samples_per_second", "seconds_to_target", "peak_rss_mb")}
                for kind, runs in results.items()}
-    plain, ours = summary["plain"], summary["ours"]
+    plain = summary["plain"]
     print(f"\nmedians over {args.repeats} repeats (seeds' network, {args.target:.0%} target):")
     print(f"{'':6s} {'samples/s':>10s} {'s to target':>12s} {'peak MB':>8s}")
-    for kind in ("plain", "ours"):
+    for kind in kinds:
         s = summary[kind]
-        to_target = f"{s['seconds_to_target']:.1f}" if s["seconds_to_target"] else "never"
+        to_target = f"{s['seconds_to_target']:.2f}" if s["seconds_to_target"] else "never"
         print(f"{kind:6s} {s['samples_per_second']:10.0f} {to_target:>12s} {s['peak_rss_mb']:8.0f}")
-    print(f"ours / plain, samples per second: {ours['samples_per_second'] / plain['samples_per_second']:.2f}x")
-    if plain["seconds_to_target"] and ours["seconds_to_target"]:
-        print(f"ours / plain, seconds to {args.target:.0%}: "
-              f"{ours['seconds_to_target'] / plain['seconds_to_target']:.2f}")
+    for kind in kinds[1:]:
+        s = summary[kind]
+        print(f"{kind} / plain, samples per second: "
+              f"{s['samples_per_second'] / plain['samples_per_second']:.2f}x")
+        if plain["seconds_to_target"] and s["seconds_to_target"]:
+            print(f"{kind} / plain, seconds to {args.target:.0%}: "
+                  f"{s['seconds_to_target'] / plain['seconds_to_target']:.2f}")
     return 0
 
 

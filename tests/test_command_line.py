@@ -115,7 +115,7 @@ def test_evaluate_writes_to_its_own_subdirectory_by_default():
 FLAG_NAMES = ["--epochs", "--hidden", "--batch-size", "--learning-rate", "--validation-split",
               "--seed", "--dropout", "--patience", "--warmup-epochs", "--lr-schedule",
               "--repeats", "--preset", "--dataset", "--compare", "--predict", "--evaluate",
-              "--resume", "--json", "--quiet", "--augment", "--deterministic", "--backend",
+              "--resume", "--json", "--quiet", "--augment", "--committee", "--deterministic", "--backend",
               "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--", "-h"]
 VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(str),
                    st.sampled_from(["abc", "", "none", "1,2", "cosine", "seed", "mnist",

@@ -3,6 +3,8 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -176,20 +178,122 @@ def test_dropout_adds_one_layer_per_hidden_layer():
     assert names.index("dropout_1") == names.index("hidden_1") + 1
 
 
-def test_augmentation_acts_in_training_only():
+@pytest.mark.parametrize("kind", ["affine", "elastic"])
+def test_augmentation_acts_in_training_only(kind):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = dc.build_model((16,), augment=True)
-    augment = keras.Sequential(model.layers[:4])  # reshape, rotate, shift, zoom
+    model = dc.build_model((16,), augment=kind)
+    distort = model.layers[0]
+    assert isinstance(distort, dc.distortion_layer_class())
     images = np.zeros((8, 28, 28), np.float32)
     images[:, 10:18, 12:16] = 1.0
-    training = np.asarray(augment(images, training=True))[..., 0]
-    inference = np.asarray(augment(images, training=False))[..., 0]
-    np.testing.assert_array_equal(inference, images)
+    training = np.asarray(distort(images, training=True))
+    np.testing.assert_array_equal(np.asarray(distort(images, training=False)), images)
     assert not np.allclose(training, images)
+    assert training.min() >= 0 and training.max() <= 1  # a blend of pixels, nothing invented
     np.testing.assert_array_equal(model.predict(images, verbose=0),
                                   model.predict(images, verbose=0))
+
+
+def test_bilinear_sampling_shifts_and_interpolates_exactly():
+    images = np.random.default_rng(0).random((2, 28, 28)).astype(np.float32)
+    rows, cols = np.meshgrid(np.arange(28.0), np.arange(28.0), indexing="ij")
+    rows, cols = np.broadcast_to(rows, images.shape), np.broadcast_to(cols, images.shape)
+    sample = dc.distortion_layer_class().bilinear
+    np.testing.assert_allclose(np.asarray(sample(images, rows, cols)), images, atol=1e-6)
+    up = np.asarray(sample(images, rows + 1, cols))  # read one row down: the image moves up
+    np.testing.assert_allclose(up[:, :-1], images[:, 1:], atol=1e-6)
+    np.testing.assert_array_equal(up[:, -1], 0)  # read from outside the image: 0
+    half = np.asarray(sample(images, rows, cols + 0.5))
+    np.testing.assert_allclose(half[:, :, :-1], (images[:, :, :-1] + images[:, :, 1:]) / 2,
+                               atol=1e-6)
+
+
+def test_elastic_field_is_smooth_and_independent_in_x_and_y():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layer = dc.distortion_layer_class()(elastic=34.0, sigma=4.0)
+    field = np.asarray(layer.smoothed_noise(64, 28, 28))
+    assert field.shape == (64, 28, 28, 2)
+    # Keras' own RandomElasticTransform draws both from one seed: x and y move together.
+    assert abs(np.corrcoef(field[..., 0].ravel(), field[..., 1].ravel())[0, 1]) < 0.1
+    # Smoothed: neighbouring displacements are alike, unlike raw uniform noise.
+    neighbours = np.corrcoef(field[:, 10:18, 10:17, 0].ravel(), field[:, 10:18, 11:18, 0].ravel())
+    assert neighbours[0, 1] > 0.9
+
+
+def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = dc.build_model((16,), augment="elastic", committee=3)
+    assert model.output_shape == (None, 3, 10)
+    labels = np.array([3, 1, 4])
+    np.testing.assert_array_equal(dc.committee_labels(labels, model), [[3] * 3, [1] * 3, [4] * 3])
+    final = dc.inference_model(model)
+    assert final.output_shape == (None, 10) and final.name == model.name
+    assert not any(isinstance(layer, dc.distortion_layer_class())
+                   for member in final.layers for layer in getattr(member, "layers", []))
+    images = np.random.default_rng(1).random((5, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(final.predict(images, verbose=0),
+                               model.predict(images, verbose=0).mean(axis=1), atol=1e-6)
+    members = [layer for layer in final.layers if isinstance(layer, keras.Sequential)]
+    assert len(members) == 3  # distinct initial weights
+    assert not np.allclose(members[0].layers[-2].get_weights()[0],
+                           members[1].layers[-2].get_weights()[0])
+
+
+def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
+                     "--committee", "2", "--epochs", "2", "--hidden", "16", "--batch-size", "64")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["committee"] == 2 and metrics["config"]["augment"] == "elastic"
+    assert len(metrics["member_test_accuracy"]) == 2
+    # model.keras needs nothing from this script: plain Keras loads it.
+    check = subprocess.run([sys.executable, "-c", (
+        "import sys, keras, numpy as np; m = keras.models.load_model(sys.argv[1]); "
+        "print(m.predict(np.zeros((4, 28, 28), 'float32'), verbose=0).shape)"),
+        str(out / "model.keras")], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip().endswith("(4, 10)")
+    again = run_cli("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
+                    "--output-dir", tmp_path / "evaluation", "--quiet")
+    assert again.returncode == 0, again.stderr
+    evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert evaluated["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, synthetic_dir):
+    pytest.importorskip("jax", reason="the JAX backend needs jax (requirements-dev.txt)")
+    out = tmp_path / "out"
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--backend", "jax",
+                     "--augment", "elastic", "--committee", "2", *FAST)
+    assert result.returncode == 0, result.stderr
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["config"]["backend"] == "jax"
+    again = run_cli("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
+                    "--output-dir", tmp_path / "evaluation", "--quiet")  # TensorFlow
+    assert again.returncode == 0, again.stderr
+    evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    # The same weights on another backend: at most one of the 200 test images read differently.
+    assert evaluated["test_accuracy"] == pytest.approx(trained["test_accuracy"], abs=0.0051)
+
+
+def test_checkpoint_of_a_distorting_committee_loads_for_resume(tmp_path):
+    config = dc.Config(hidden=(8,), augment="elastic", committee=2, quiet=True)
+    model = dc.compile_model(dc.build_model(config.hidden, 0.0, "elastic", committee=2),
+                             config, steps_per_epoch=4)
+    checkpoint = dc.Checkpoint(tmp_path)
+    checkpoint.save(model, 1, [{"epoch": 1}], config)
+    loaded, epochs_done, history = checkpoint.load(config)
+    images = np.random.default_rng(2).random((3, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0),
+                               atol=1e-6)
+    assert epochs_done == 1 and history == [{"epoch": 1}]
 
 
 def test_score_matches_a_hand_computed_example():

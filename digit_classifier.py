@@ -4,6 +4,7 @@
     python digit_classifier.py --data-dir ../shared/data/mnist --epochs 20
     python digit_classifier.py --predict my_digit.png       # classify your own images
     python digit_classifier.py --compare 100 100,100 512,256 --repeats 3
+    python digit_classifier.py --preset best                # 5 dense nets, elastic distortion
 
 The file reads in the order data flows: configuration, data, model, training,
 evaluation, reports, prediction, comparison, command line. TensorFlow, Keras and
@@ -25,6 +26,7 @@ import os
 import platform
 import signal
 import sys
+import textwrap
 import time
 import zlib
 from pathlib import Path
@@ -67,7 +69,7 @@ class Config:
     warmup_epochs: int = 0
     validation_split: float = 0.1
     patience: int | None = None
-    steps_per_execution: int = 8
+    steps_per_execution: int = 48
     seed: int = 42
     deterministic: bool = False
     resume: bool = False
@@ -801,14 +803,18 @@ def rotate_long_ticks(ax, class_names):
             label.set_horizontalalignment("right")
 
 
-def plot_training_curves(history, kept_epoch, dataset_title, path):
+def plot_training_curves(history, kept_epoch, dataset_title, path, config):
     """Loss and accuracy per epoch, training and validation, with the kept epoch marked."""
+    # What the training figures are: Keras averages them over the epoch's batches, as the
+    # model saw them, so distorted images and, for a committee, the members' mean.
+    training = ("training" + (" (distorted images)" if config.augment else "")
+                + (" (members' mean)" if config.committee > 1 else ""))
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     epochs = [row["epoch"] for row in history]
     for ax, metric, label in ((axes[0], "loss", "loss (cross-entropy)"),
                               (axes[1], "accuracy", "accuracy")):
-        for key, name, colour in ((metric, "training", "tab:blue"),
+        for key, name, colour in ((metric, training, "tab:blue"),
                                   (f"val_{metric}", "validation", "tab:orange")):
             if any(key in row for row in history):
                 ax.plot(epochs, [row.get(key, np.nan) for row in history], marker="o",
@@ -821,7 +827,8 @@ def plot_training_curves(history, kept_epoch, dataset_title, path):
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"{dataset_title}: training and validation curves")
+    validated = any("val_loss" in row for row in history)
+    fig.suptitle(f"{dataset_title}: training {'and validation ' if validated else ''}curves")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -958,7 +965,7 @@ def write_reports(output_dir, data, scores, config, dataset_info, training):
     images = []
     if training and training["history"]:
         images.append(plot_training_curves(training["history"], training["kept_epoch"], title,
-                                           output_dir / "training_curves.png"))
+                                           output_dir / "training_curves.png", config))
     images.append(plot_confusion_matrix(
         scores["confusion_matrix"], class_names,
         f"{title} test set: confusion matrix (accuracy {accuracy:.2%})",
@@ -1571,8 +1578,12 @@ def build_parser():
         description="Train a dense network on MNIST or Fashion-MNIST, evaluate it on the test "
                     "set, and write reports; or use a saved model on your own images.",
         argument_default=argparse.SUPPRESS, allow_abbrev=False,
-        epilog="Presets set several options at once; flags given explicitly override them. "
-               "--preset seed: " + ", ".join(f"{k}={v}" for k, v in PRESETS["seed"].items()))
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="presets set several options at once; flags given explicitly override them:\n"
+               + "\n".join(textwrap.fill(f"--preset {name}: " + ", ".join(
+                   f"{key}={format_hidden(value) if key == 'hidden' else value}"
+                   for key, value in values.items()), width=78, initial_indent="  ",
+                   subsequent_indent="    ") for name, values in PRESETS.items()))
     mode = parser.add_argument_group("what to do (default: train)").add_mutually_exclusive_group()
     mode.add_argument("--predict", nargs="+", metavar="IMAGE",
                       help="classify image files with a saved model (see --model)")

@@ -75,7 +75,7 @@ def test_help_lists_flags_with_defaults():
     result = run_cli("--help")
     assert result.returncode == 0
     for text in ("--epochs", "--hidden", "--batch-size", "--learning-rate", "--data-dir",
-                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 20)",
+                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 40)",
                  "(default: 512 256)"):
         assert text in result.stdout
 
@@ -99,6 +99,26 @@ def test_preset_values_apply_and_flags_override_them():
                                           "--hidden", "64"])
     assert config.epochs == 7 and config.hidden == (64,)
     assert config.batch_size == dc.PRESETS["seed"]["batch_size"]
+
+
+def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
+    _, config, _ = dc.parse_command_line(["--preset", "best"])
+    assert config.augment == "elastic" and config.committee > 1
+    assert config.validation_split == 0 and config.dropout == 0
+    _, config, _ = dc.parse_command_line(["--preset", "best", "--committee", "2",
+                                          "--epochs", "3", "--augment"])
+    assert (config.committee, config.epochs, config.augment) == (2, 3, "affine")
+    assert config.hidden == dc.PRESETS["best"]["hidden"]
+
+
+def test_augment_kinds_and_committee_size_are_checked():
+    assert dc.parse_command_line(["--augment", "elastic"])[1].augment == "elastic"
+    assert dc.parse_command_line([])[1].augment is None
+    for argv in (["--augment", "warp"], ["--committee", "0"],
+                 ["--evaluate", "--committee", "2"], ["--predict", "x.png", "--augment"]):
+        with pytest.raises(SystemExit) as exit_info:
+            dc.parse_command_line(argv)
+        assert exit_info.value.code == 2
 
 
 def test_compare_specs_parse_to_width_tuples():

@@ -347,10 +347,8 @@ def distortion_layer_class():
 
 # Distortions for --augment: "affine" shifts, rotates and scales; "elastic" adds Simard's
 # elastic field on top (alpha 34, sigma 4 pixels, as in Simard et al. 2003).
-AUGMENTATIONS = {
-    "affine": dict(rotation=10.0, zoom=0.1, shift=2.0),
-    "elastic": dict(rotation=10.0, zoom=0.1, shift=2.0, elastic=34.0, sigma=4.0),
-}
+AFFINE = dict(rotation=10.0, zoom=0.1, shift=2.0)
+AUGMENTATIONS = {"affine": AFFINE, "elastic": dict(AFFINE, elastic=34.0, sigma=4.0)}
 
 
 def build_model(hidden, dropout=0.0, augment=None, dataset="mnist", committee=1):

@@ -39,13 +39,14 @@ def worker(kind, data_dir, seed, target, overrides):
     """Train once and print one JSON line of measurements."""
     import digit_classifier as dc
 
-    config = dc.Config(**{**dict(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True,
-                                 backend="jax" if kind == "jax" else "tensorflow"),
-                          **overrides})
+    config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True)
     if kind == "plain":
-        config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True,
-                           batch_size=32, steps_per_execution=1, learning_rate=1e-3,
-                           lr_schedule="constant", epochs=PLAIN_EPOCHS)
+        config = dataclasses.replace(config, batch_size=32, steps_per_execution=1,
+                                     learning_rate=1e-3, lr_schedule="constant",
+                                     epochs=PLAIN_EPOCHS)
+    else:
+        config = dataclasses.replace(config, backend="jax" if kind == "jax" else "tensorflow",
+                                     **overrides)
     arrays, _ = dc.load_dataset(config.dataset, data_dir)
     dc.setup_keras(config)
     import keras

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import digit_classifier as dc
-from conftest import SCRIPT, run_cli, write_dataset
+from conftest import SCRIPT, run_cli
 
 LONG = ["--epochs", "60", "--hidden", "32", "--batch-size", "64"]
 
@@ -94,7 +94,7 @@ def test_sigkill_then_resume_finishes_the_same_number_of_epochs(tmp_path, synthe
 
     resumed = run_cli(*args, "--resume")  # not quiet: says where it resumes
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from" in resumed.stdout
+    assert "resuming from" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 25 and len(metrics["history"]["loss"]) == 25
     assert metrics["history"]["loss"][:before["epochs_done"]] == \

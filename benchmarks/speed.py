@@ -2,8 +2,9 @@
 
     python benchmarks/speed.py --data-dir ../shared/data/mnist [--repeats 3]
 
-Both train the seeds' network (Flatten, 3 x Dense(100, relu), Dense(10, softmax), no
-dropout) on the same training images:
+All train the seeds' network (Flatten, 3 x Dense(100, relu), Dense(10, softmax), no
+dropout) on all 60,000 training images of full MNIST, without distortion (this compares
+training loops, not data augmentation):
 
 - plain: Keras' default `fit` settings, batch 32, one step per call, Adam 1e-3 constant;
 - ours:  the script's default training settings (batch size, steps per execution, learning
@@ -14,7 +15,9 @@ Each run is its own process, so each has its own peak memory; runs alternate pla
 that a noisy machine slows both alike. The script prints medians and the ratio of ours to
 plain in training samples per second and in training seconds until test accuracy first
 reaches the target (checked after every epoch, off the training clock; a benchmark may look
-at the test set, the training never does).
+at the test set, the training never does). The default target, 97.5%, is one that the
+seeds' network reaches on full MNIST with either recipe, late enough to need real training:
+the plain recipe after a few epochs, not after the first.
 """
 
 import argparse
@@ -39,7 +42,7 @@ def worker(kind, data_dir, seed, target, overrides):
     """Train once and print one JSON line of measurements."""
     import digit_classifier as dc
 
-    config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, seed=seed, quiet=True)
+    config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, augment=None, seed=seed, quiet=True)
     if kind == "plain":
         config = dataclasses.replace(config, batch_size=32, steps_per_execution=1,
                                      learning_rate=1e-3, lr_schedule="constant",
@@ -111,8 +114,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="MNIST IDX files")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (default: 3)")
-    parser.add_argument("--target", type=float, default=0.96,
-                        help="test accuracy for the time-to-accuracy figure (default: 0.96)")
+    parser.add_argument("--target", type=float, default=0.975,
+                        help="test accuracy for the time-to-accuracy figure (default: 0.975)")
     parser.add_argument("--jax", action="store_true",
                         help="also run ours on Keras' JAX backend (needs jax installed)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -144,14 +147,14 @@ def main():
             reached = (f"{run['seconds_to_target']:.2f} s" if run["seconds_to_target"]
                        else "never")
             print(f"repeat {repeat + 1} {kind:5s}: {run['samples_per_second']:8.0f} samples/s, "
-                  f"{args.target:.0%} after {reached}, final {run['final_accuracy']:.2%}, "
+                  f"{args.target:.1%} after {reached}, final {run['final_accuracy']:.2%}, "
                   f"peak {run['peak_rss_mb']:.0f} MB", flush=True)
 
     summary = {kind: {key: median([r[key] for r in runs]) for key in
                       ("samples_per_second", "seconds_to_target", "peak_rss_mb")}
                for kind, runs in results.items()}
     plain = summary["plain"]
-    print(f"\nmedians over {args.repeats} repeats (seeds' network, {args.target:.0%} target):")
+    print(f"\nmedians over {args.repeats} repeats (seeds' network, {args.target:.1%} target):")
     print(f"{'':6s} {'samples/s':>10s} {'s to target':>12s} {'peak MB':>8s}")
     for kind in kinds:
         s = summary[kind]
@@ -162,7 +165,7 @@ def main():
         print(f"{kind} / plain, samples per second: "
               f"{s['samples_per_second'] / plain['samples_per_second']:.2f}x")
         if plain["seconds_to_target"] and s["seconds_to_target"]:
-            print(f"{kind} / plain, seconds to {args.target:.0%}: "
+            print(f"{kind} / plain, seconds to {args.target:.1%}: "
                   f"{s['seconds_to_target'] / plain['seconds_to_target']:.2f}")
     return 0
 

@@ -29,3 +29,30 @@ def test_speed_benchmark_refuses_an_unknown_setting(synthetic_dir):
     result = subprocess.run([sys.executable, SPEED, "--data-dir", str(synthetic_dir),
                              "--set", "batchsize=64"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "no such digit_classifier.Config field" in result.stderr
+
+
+def test_recipes_benchmark_tables_each_recipe_against_the_first(synthetic_dir, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipes.py"),
+                             "--data-dir", str(synthetic_dir), "--seeds", "1", "2",
+                             "--output-dir", str(tmp_path),
+                             "--recipe", "small=--epochs 1 --hidden 8 --batch-size 64",
+                             "--recipe", "wider=--epochs 1 --hidden 32 --batch-size 64"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "small seed 2: test accuracy" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| small |")
+            or line.startswith("| wider |")]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
+    assert "`--epochs 1 --hidden 32 --batch-size 64`" in rows[1]
+    # Every run left its own complete output, so any of them can be inspected later.
+    for name in ("small", "wider"):
+        for seed in (1, 2):
+            assert (tmp_path / f"{name}-seed{seed}" / "metrics.json").is_file()
+
+
+def test_recipes_benchmark_reports_a_failing_run(synthetic_dir, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipes.py"),
+                             "--data-dir", str(synthetic_dir), "--seeds", "1",
+                             "--output-dir", str(tmp_path), "--recipe", "bad=--epochs 0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "failed (2)" in result.stderr

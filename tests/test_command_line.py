@@ -75,7 +75,7 @@ def test_help_lists_flags_with_defaults():
     result = run_cli("--help")
     assert result.returncode == 0
     for text in ("--epochs", "--hidden", "--batch-size", "--learning-rate", "--data-dir",
-                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 40)",
+                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 30)",
                  "(default: 512 256)"):
         assert text in result.stdout
 
@@ -113,7 +113,8 @@ def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
 
 def test_augment_kinds_and_committee_size_are_checked():
     assert dc.parse_command_line(["--augment", "elastic"])[1].augment == "elastic"
-    assert dc.parse_command_line([])[1].augment is None
+    assert dc.parse_command_line([])[1].augment == "affine"
+    assert dc.parse_command_line(["--augment", "none"])[1].augment is None
     for argv in (["--augment", "warp"], ["--committee", "0"],
                  ["--evaluate", "--committee", "2"], ["--predict", "x.png", "--augment"]):
         with pytest.raises(SystemExit) as exit_info:

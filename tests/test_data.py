@@ -132,3 +132,13 @@ def test_offline_without_cache_names_data_dir(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "--data-dir" in lines[0] and "could not download" in lines[0]
+
+
+def test_mnist_dir_holds_the_complete_official_mnist(mnist_dir):
+    """Every published figure is a full-MNIST figure: check that is what the tests read."""
+    arrays, _ = dc.load_dataset("mnist", str(mnist_dir))
+    assert arrays["x_train"].shape == (60000, 28, 28) and arrays["x_test"].shape == (10000, 28, 28)
+    assert np.bincount(arrays["y_train"]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421,
+                                                        5918, 6265, 5851, 5949]
+    scaled = dc.split_and_scale(arrays, 0.0, seed=0)["x_train"]
+    assert round(float(scaled.mean()), 4) == 0.1307 and round(float(scaled.std()), 4) == 0.3081

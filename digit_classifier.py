@@ -6,10 +6,13 @@
     python digit_classifier.py --compare 100 100,100 512,256 --repeats 3
     python digit_classifier.py --preset best                # 5 dense nets, elastic distortion
 
-The file reads in the order data flows: configuration, data, model, training,
-evaluation, reports, prediction, comparison, command line. TensorFlow, Keras and
-Matplotlib are imported inside the functions that need them, so `--help` and usage
-errors answer at once.
+The file reads in the order data flows. The core pipeline first: configuration, data,
+model, writing files, training, evaluation, reports, and the run that wires them (one
+`train_and_evaluate` pipeline that training, repeats, comparison and the benchmark all call,
+and one record of the run that every report is rendered from). Then the extras, each in its
+section: the distortion of training images, saved-model use (--evaluate, --predict), the
+architecture comparison; the command line last. TensorFlow, Keras and Matplotlib are
+imported inside the functions that need them, so `--help` and usage errors answer at once.
 """
 
 import argparse
@@ -88,7 +91,7 @@ PRESETS = {
     # The most accurate dense-only recipe measured within 30 minutes of training on 2 CPU
     # cores (README, "Best accuracy"): a committee of five 800-800 networks, each seeing its
     # own elastic distortions of every image, trained on every training image.
-    "best": dict(hidden=(800, 800), dropout=0.0, augment="elastic", committee=5, epochs=45,
+    "best": dict(hidden=(800, 800), dropout=0.0, augment="elastic", committee=5, epochs=55,
                  batch_size=128, learning_rate=1e-3, lr_schedule="cosine", warmup_epochs=1,
                  validation_split=0.0, steps_per_execution=16),
 }
@@ -97,6 +100,11 @@ PRESETS = {
 RESUME_KEYS = ("dataset", "data_dir", "hidden", "dropout", "augment", "committee", "epochs",
                "batch_size", "learning_rate", "lr_schedule", "warmup_epochs", "validation_split",
                "seed", "steps_per_execution", "backend")
+
+
+def format_hidden(hidden):
+    """Hidden widths as the SPEC a user types ('none' for softmax regression)."""
+    return ",".join(map(str, hidden)) or "none"
 
 
 class RunError(Exception):
@@ -238,6 +246,15 @@ def load_dataset(dataset, data_dir):
     return arrays, source
 
 
+def check_training_size(train_count, config):
+    """Refuse a split that leaves fewer training images than one batch (or none)."""
+    kept = train_count - int(round(train_count * config.validation_split))
+    if kept < config.batch_size:
+        raise RunError(f"--validation-split {config.validation_split:g} leaves {kept} of "
+                       f"{train_count} training images, fewer than one batch of "
+                       f"{config.batch_size}; lower --validation-split or --batch-size")
+
+
 def split_and_scale(arrays, validation_split, seed):
     """Scale pixels to float32 in 0-1 and hold out a seeded random validation subset."""
     def scale(x):
@@ -258,122 +275,6 @@ def split_and_scale(arrays, validation_split, seed):
 # Model
 # ---------------------------------------------------------------------------
 
-@functools.cache
-def distortion_layer_class():
-    """RandomDistortion, defined on first use so that Keras is only imported when needed."""
-    import keras
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="digit_classifier")
-    class RandomDistortion(keras.layers.Layer):
-        """Random affine and elastic distortion of (batch, height, width) images, training only.
-
-        One bilinear resampling per image: each output pixel reads the input at its own
-        position rotated (+-rotation degrees), scaled (1 +- zoom, x and y independently),
-        shifted (+-shift pixels) and, when elastic > 0, displaced by a random field smoothed
-        with a Gaussian of sigma pixels and scaled by elastic (Simard et al., 2003). Pixels
-        read from outside the image are 0. Outside training the layer passes images through.
-        Keras' own RandomElasticTransform (3.15) draws the x and y fields from one seed, so
-        every displacement points along the diagonal, and it loops over the batch in Python.
-        """
-
-        def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, elastic=0.0, sigma=4.0,
-                     seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.rotation, self.zoom, self.shift = rotation, zoom, shift
-            self.elastic, self.sigma, self.seed = elastic, sigma, seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
-
-        def get_config(self):
-            return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom,
-                    "shift": self.shift, "elastic": self.elastic, "sigma": self.sigma,
-                    "seed": self.seed}
-
-        def uniform(self, shape, limit):
-            return keras.random.uniform(shape, -limit, limit, seed=self.seed_generator)
-
-        def smoothed_noise(self, batch, height, width):
-            """Uniform noise in -1..1 per pixel and axis, blurred by a separable Gaussian."""
-            radius = max(1, int(math.ceil(3 * self.sigma)))
-            taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / self.sigma) ** 2)
-            taps = (taps / taps.sum()).astype("float32")
-            noise = self.uniform((batch, height, width, 2), 1.0)
-            noise = ops.depthwise_conv(noise, np.tile(taps[:, None, None, None], (1, 1, 2, 1)),
-                                       padding="same")
-            return ops.depthwise_conv(noise, np.tile(taps[None, :, None, None], (1, 1, 2, 1)),
-                                      padding="same")
-
-        def affine_maps(self, batch, height, width):
-            """Per image, where output pixel (y, x) reads: y = a_yx x + a_yy y + b_y, etc.
-
-            Returns the six coefficients (a_xx, a_xy, b_x, a_yx, a_yy, b_y), each (batch, 1, 1),
-            of a random rotation and scaling about the centre followed by a random shift.
-            """
-            angle = self.uniform((batch, 1, 1), math.radians(self.rotation))
-            scale_y = 1.0 + self.uniform((batch, 1, 1), self.zoom)
-            scale_x = 1.0 + self.uniform((batch, 1, 1), self.zoom)
-            shift_y = self.uniform((batch, 1, 1), self.shift)
-            shift_x = self.uniform((batch, 1, 1), self.shift)
-            cos, sin = ops.cos(angle), ops.sin(angle)
-            center_y, center_x = (height - 1) / 2, (width - 1) / 2
-            a_xx, a_xy = cos * scale_x, -sin * scale_x
-            a_yx, a_yy = sin * scale_y, cos * scale_y
-            b_x = center_x + shift_x - a_xx * center_x - a_xy * center_y
-            b_y = center_y + shift_y - a_yx * center_x - a_yy * center_y
-            return a_xx, a_xy, b_x, a_yx, a_yy, b_y
-
-        def call(self, images, training=False):
-            if not training:
-                return images
-            batch, (height, width) = ops.shape(images)[0], images.shape[1:]
-            a_xx, a_xy, b_x, a_yx, a_yy, b_y = self.affine_maps(batch, height, width)
-            if self.elastic == 0:
-                # The backend's own affine resampler (one native op on TensorFlow) is several
-                # times faster than sampling through index arrays, and gives the same pixels.
-                transform = ops.concatenate(
-                    [ops.reshape(a, (-1, 1)) for a in (a_xx, a_xy, b_x, a_yx, a_yy, b_y)]
-                    + [ops.zeros((batch, 2), dtype=a_xx.dtype)], axis=1)
-                return ops.image.affine_transform(
-                    images[..., None], transform, interpolation="bilinear",
-                    fill_mode="constant", fill_value=0, data_format="channels_last")[..., 0]
-            y, x = np.meshgrid(np.arange(height, dtype="float32"),
-                               np.arange(width, dtype="float32"), indexing="ij")
-            field = self.elastic * self.smoothed_noise(batch, height, width)
-            src_y = a_yx * x + a_yy * y + b_y + field[..., 0]
-            src_x = a_xx * x + a_xy * y + b_x + field[..., 1]
-            return self.bilinear(images, src_y, src_x)
-
-        @staticmethod
-        def bilinear(images, src_y, src_x):
-            """Sample images at fractional (src_y, src_x), 0 outside; all (batch, h, w)."""
-            height, width = images.shape[1:]
-            src_y, src_x = ops.cast(src_y, images.dtype), ops.cast(src_x, images.dtype)
-            flat = ops.reshape(images, (-1, height * width))
-            y0, x0 = ops.floor(src_y), ops.floor(src_x)
-            dy, dx = src_y - y0, src_x - x0
-            out = 0.0
-            for yi, wy in ((y0, 1.0 - dy), (y0 + 1.0, dy)):
-                for xi, wx in ((x0, 1.0 - dx), (x0 + 1.0, dx)):
-                    inside = ((yi >= 0) & (yi <= height - 1) & (xi >= 0) & (xi <= width - 1))
-                    index = (ops.clip(yi, 0, height - 1) * width + ops.clip(xi, 0, width - 1))
-                    index = ops.reshape(ops.cast(index, "int32"), (-1, height * width))
-                    pixels = ops.reshape(ops.take_along_axis(flat, index, axis=1),
-                                         ops.shape(images))
-                    out = out + pixels * wy * wx * ops.cast(inside, images.dtype)
-            return out
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-    return RandomDistortion
-
-
-# Distortions for --augment: "affine" shifts, rotates and scales; "elastic" adds Simard's
-# elastic field on top (alpha 34, sigma 4 pixels, as in Simard et al. 2003).
-AFFINE = dict(rotation=10.0, zoom=0.1, shift=2.0)
-AUGMENTATIONS = {"affine": AFFINE, "elastic": dict(AFFINE, elastic=34.0, sigma=4.0)}
-
-
 def build_model(hidden, dropout=0.0, augment=None, dataset="mnist", committee=1):
     """Input(28, 28) -> [distortion] -> Flatten -> Dense(w, relu) [+ Dropout] ... -> softmax.
 
@@ -390,9 +291,16 @@ def build_model(hidden, dropout=0.0, augment=None, dataset="mnist", committee=1)
     if committee == 1:
         return build_network(hidden, dropout, augment, name)
     inputs = keras.Input(shape=IMAGE_SHAPE)
-    members = [build_network(hidden, dropout, augment, f"member_{i}")
+    members = [build_network(hidden, dropout, None, f"member_{i}")
                for i in range(1, committee + 1)]
-    stacked = [layers.Reshape((1, NUM_CLASSES))(member(inputs)) for member in members]
+    views = [inputs] * committee
+    if augment:
+        # One layer distorts every member's copy of the batch, each copy differently: one
+        # call on committee x batch images costs far less than one call per member.
+        views = distortion_layer_class()(**AUGMENTATIONS[augment], copies=committee,
+                                         name="distort")(inputs)
+    stacked = [layers.Reshape((1, NUM_CLASSES))(member(view))
+               for member, view in zip(members, views)]
     return keras.Model(inputs, layers.Concatenate(axis=1, name="members")(stacked), name=name)
 
 
@@ -468,6 +376,24 @@ def describe_model(model):
     lines = []
     model.summary(print_fn=lambda line, **_: lines.append(line))
     return "\n".join(lines)
+
+
+def architecture(model):
+    """The layers of a saved-style model in one line, e.g. Flatten -> Dense(512, relu) -> ..."""
+    import keras
+
+    members = [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
+    if members:
+        return f"average of {len(members)} x ({architecture(members[0])})"
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            names.append(f"Dense({layer.units}, {layer.activation.__name__})")
+        elif isinstance(layer, keras.layers.Dropout):
+            names.append(f"Dropout({layer.rate:g})")
+        else:
+            names.append(type(layer).__name__)
+    return " -> ".join(names)
 
 
 # ---------------------------------------------------------------------------
@@ -675,14 +601,15 @@ class TrainingMonitor:
                                               on_epoch_end=self.on_epoch_end)
 
 
-def train(model, data, config, signals, output_dir=None, initial_epoch=0, history=()):
+def train(model, data, config, signals, output_dir=None, initial_epoch=0, history=(),
+          callbacks=()):
     """Fit the model on the training split, validating on the held-out split."""
     import keras
 
     checkpoint = Checkpoint(output_dir) if output_dir else None
     monitor = TrainingMonitor(model, signals, history, checkpoint,
                               Path(output_dir) / "history.csv" if output_dir else None, config)
-    callbacks = [monitor.keras_callback()]
+    callbacks = [monitor.keras_callback(), *callbacks]
     early_stopping = None
     if config.patience is not None and len(data["x_val"]):
         early_stopping = keras.callbacks.EarlyStopping(
@@ -800,7 +727,9 @@ def plot_confusion_matrix(confusion, class_names, title, path, normalize=False):
     if normalize:
         rows = confusion.sum(axis=1, keepdims=True)
         values = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
-        sns.heatmap(values, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=ax,
+        # Cells that no test image reached stay blank, so the mistakes that happened stand out.
+        labels = np.where(confusion > 0, np.char.mod("%.2f", values), "")
+        sns.heatmap(values, annot=labels, fmt="", cmap="Blues", vmin=0, vmax=1, ax=ax,
                     xticklabels=class_names, yticklabels=class_names,
                     cbar_kws={"label": "fraction of the true class"})
     else:
@@ -871,7 +800,11 @@ def plot_digit_grid(images, captions, title, path, columns=8, caption_colours=No
     return save_figure(fig, path)
 
 
-def plot_misclassified(x_test, y_test, scores, class_names, dataset_title, path, limit=40):
+MISCLASSIFIED_SHOWN = 40  # at most this many mistakes in misclassified.png
+
+
+def plot_misclassified(x_test, y_test, scores, class_names, dataset_title, path,
+                       limit=MISCLASSIFIED_SHOWN):
     """The test images the model got wrong, most confident mistakes first."""
     wrong = np.flatnonzero(scores["predicted"] != y_test)
     wrong = wrong[np.argsort(-scores["confidence"][wrong], kind="stable")]
@@ -934,23 +867,91 @@ def versions():
     return found
 
 
-def write_html_report(path, metrics, images, class_names):
-    """One self-contained page: settings, headline numbers, per-class table, every image."""
+def headline_rows(record):
+    """What a reader asks first, as (label, HTML) rows: data, model, accuracy, training, status."""
+    dataset, timing = record["dataset"], record.get("timing", {})
+    rows = [("data", f"{html.escape(dataset['title'])}: {dataset['train_size']:,} training, "
+                     f"{dataset['validation_size']:,} validation and {dataset['test_size']:,} "
+                     f"test images <small>({html.escape(str(dataset['source']))})</small>")]
+    if "architecture" in record:
+        rows.append(("model", f"{html.escape(record['architecture'])}; "
+                              f"{record['parameters']:,} parameters"))
+    if "model" in record:
+        rows.append(("saved model", html.escape(record["model"])))
+    if "test_accuracy" in record:
+        rows.append(("test accuracy",
+                     f'<b id="test-accuracy">{record["test_accuracy"]:.4%}</b> (error rate '
+                     f'{record["error_rate"]:.4%}, loss {record["test_loss"]:.4f})'))
+    repeats = record.get("repeats")
+    if repeats:
+        each = ", ".join(f"{seed}: {accuracy:.2%}"
+                         for seed, accuracy in zip(repeats["seeds"], repeats["test_accuracy"]))
+        rows.append((f"over {len(repeats['seeds'])} seeds",
+                     f'<b id="repeats">{repeats["test_accuracy_mean"]:.4%} ± '
+                     f'{repeats["test_accuracy_std"]:.4%}</b> (mean ± standard deviation; {each}); '
+                     f'training {repeats["train_seconds_mean"]:.1f} ± '
+                     f'{repeats["train_seconds_std"]:.1f} s'))
+    if record.get("member_test_accuracy"):
+        rows.append(("committee members", '<span id="members">' + ", ".join(
+            f"{accuracy:.2%}" for accuracy in record["member_test_accuracy"])
+            + "</span> on their own; the committee averages their probabilities"))
+    if timing.get("train_seconds") is not None:
+        speed = timing.get("samples_per_second")
+        rows.append(("training", f'<span id="training">{record["epochs_completed"]} epochs in '
+                                 f'{timing["train_seconds"]:.1f} s'
+                                 + (f", {speed:,.0f} samples per second" if speed else "")
+                                 + "</span>"))
+    if record["interrupted"]:
+        rows.append(("status", f"interrupted after {record['epochs_completed']} finished "
+                               f"epochs; the figures describe the model as it stood"))
+    return rows
+
+
+def html_table(header, rows):
+    """A plain HTML table from a header row and rows of already-escaped cells."""
+    head = "".join(f"<th>{cell}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_html_report(path, record, images):
+    """One self-contained page rendered from the run's record: headline, tables, every image."""
     def embed(image_path):
         """An <img> tag carrying the PNG inline."""
         data = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
         return f'<img alt="{html.escape(Path(image_path).stem)}" src="data:image/png;base64,{data}">'
 
-    per_class = "".join(
-        f"<tr><td>{html.escape(row['label'])}</td><td>{row['precision']:.4f}</td>"
-        f"<td>{row['recall']:.4f}</td><td>{row['f1']:.4f}</td><td>{row['support']}</td></tr>"
-        for row in metrics["per_class"])
-    settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in metrics["config"].items())
-    figures = "".join(f"<figure>{embed(p)}<figcaption>{html.escape(Path(p).name)}</figcaption>"
-                      f"</figure>" for p in images)
-    dataset = metrics["dataset"]
-    status = " (interrupted)" if metrics["interrupted"] else ""
+    def key_values(values):
+        """A two-column table of a flat dict."""
+        return html_table(("setting", "value"), [(html.escape(str(k)), html.escape(str(v)))
+                                                 for k, v in values.items()])
+
+    dataset = record["dataset"]
+    sections = ["<table class=\"headline\">" + "".join(
+        f"<tr><th>{label}</th><td>{value}</td></tr>" for label, value in headline_rows(record))
+        + "</table>"]
+    if "per_class" in record:
+        sections.append("<h2>Per-class scores (test set)</h2>" + html_table(
+            ("class", "precision", "recall", "F1", "support"),
+            [(html.escape(row["label"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}",
+              f"{row['f1']:.4f}", row["support"]) for row in record["per_class"]]))
+    if "comparison" in record:
+        sections.append("<h2>Architectures compared (mean ± std over seeds)</h2>" + html_table(
+            ("hidden layers", "parameters", "runs", "validation accuracy", "test accuracy",
+             "training seconds"),
+            [(format_hidden(row["hidden"]), f"{row['parameters']:,}", row["runs"],
+              percent_spread(row["val_accuracy_mean"], row["val_accuracy_std"]),
+              percent_spread(row["test_accuracy_mean"], row["test_accuracy_std"]),
+              f"{row['train_seconds_mean']:.1f} ± {row['train_seconds_std']:.1f}")
+             for row in record["comparison"]]))
+    sections.append("<h2>Figures</h2>" + "".join(
+        f"<figure>{embed(p)}<figcaption>{html.escape(Path(p).name)}</figcaption></figure>"
+        for p in images))
+    sections.append("<h2>Settings</h2>" + key_values(record["config"]))
+    if record.get("timing"):
+        sections.append("<h2>Timings (seconds)</h2>" + key_values(record["timing"]))
+    sections.append("<h2>Versions</h2>" + key_values(record["versions"]))
+    status = " (interrupted)" if record["interrupted"] else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(dataset['title'])} dense classifier report</title>
@@ -958,66 +959,44 @@ def write_html_report(path, metrics, images, class_names):
 body {{ font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; padding: 0 1em; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+table.headline {{ font-size: 1.15em; }}
 img {{ max-width: 100%; border: 1px solid #eee; }}
 figure {{ margin: 1.5em 0; }}
-.headline {{ font-size: 1.4em; }}
 </style></head><body>
 <h1>{html.escape(dataset['title'])} dense classifier{status}</h1>
-<p class="headline">Test accuracy <b id="test-accuracy">{metrics['test_accuracy']:.4%}</b>,
-error rate {metrics['error_rate']:.4%}, test loss {metrics['test_loss']:.4f}
-on {dataset['test_size']} test images.</p>
-<p>Trained on {dataset['train_size']} images, validated on {dataset['validation_size']}
-(source: {html.escape(str(dataset['source']))}).</p>
-<h2>Per-class scores (test set)</h2>
-<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
-{per_class}</table>
-<h2>Figures</h2>{figures}
-<h2>Settings</h2><table>{settings}</table>
+{"".join(sections)}
 </body></html>
 """
     return write_text(path, page)
 
 
-def write_reports(output_dir, data, scores, config, dataset_info, training):
-    """Every picture and report.html for one evaluated model; returns metrics and paths written."""
+def percent_spread(mean, std):
+    """Mean ± std as percentages, or n/a."""
+    return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def draw_pictures(output_dir, data, scores, config, training):
+    """Every picture of one evaluated model; returns their paths in page order."""
     output_dir = Path(output_dir)
     class_names, title = DATASETS[config.dataset]["classes"], DATASETS[config.dataset]["title"]
-    accuracy = scores["test_accuracy"]
     images = []
     if training and training["history"]:
         images.append(plot_training_curves(training["history"], training["kept_epoch"], title,
                                            output_dir / "training_curves.png", config))
     images.append(plot_confusion_matrix(
         scores["confusion_matrix"], class_names,
-        f"{title} test set: confusion matrix (accuracy {accuracy:.2%})",
+        f"{title} test set: confusion matrix (accuracy {scores['test_accuracy']:.2%})",
         output_dir / "confusion_matrix.png"))
     images.append(plot_confusion_matrix(
         scores["confusion_matrix"], class_names,
         f"{title} test set: confusion matrix normalised by true class (recall)",
         output_dir / "confusion_matrix_normalized.png", normalize=True))
-    misclassified_count = plot_misclassified(data["x_test"], data["y_test"], scores, class_names,
-                                             title, output_dir / "misclassified.png")
+    plot_misclassified(data["x_test"], data["y_test"], scores, class_names, title,
+                       output_dir / "misclassified.png")
     images.append(output_dir / "misclassified.png")
     images.append(plot_samples(data["x_train"], data["y_train"], class_names, title,
                                output_dir / "samples.png", seed=config.seed))
-    history = training["history"] if training else []
-    metrics = dict(
-        test_accuracy=accuracy, test_loss=scores["test_loss"], error_rate=scores["error_rate"],
-        confusion_matrix=scores["confusion_matrix"].tolist(),
-        per_class=per_class_rows(scores, class_names),
-        misclassified_shown=misclassified_count,
-        history={key: [row.get(key) for row in history]
-                 for key in dict.fromkeys(k for row in history for k in row)},
-        epochs_completed=training["epochs_completed"] if training else 0,
-        kept_epoch=training["kept_epoch"] if training else None,
-        config=config_record(config),
-        dataset=dataset_info,
-        timing={},
-        versions=versions(),
-        interrupted=bool(training and training["interrupted"]),
-    )
-    write_html_report(output_dir / "report.html", metrics, images, class_names)
-    return metrics, images + [output_dir / "report.html"]
+    return images
 
 
 def config_record(config):
@@ -1027,21 +1006,22 @@ def config_record(config):
     return record
 
 
-def print_summary(metrics, class_names, paths, quiet):
+def print_summary(record, paths, quiet):
     """Test accuracy, per-class table, weakest classes, top confusions and files written."""
     if quiet:
         return
-    status = "INTERRUPTED run, " if metrics["interrupted"] else ""
-    print(f"\n{status}test accuracy {metrics['test_accuracy']:.4%}  "
-          f"error rate {metrics['error_rate']:.4%}  test loss {metrics['test_loss']:.4f}")
+    class_names = DATASETS[record["dataset"]["name"]]["classes"]
+    status = "INTERRUPTED run, " if record["interrupted"] else ""
+    print(f"\n{status}test accuracy {record['test_accuracy']:.4%}  "
+          f"error rate {record['error_rate']:.4%}  test loss {record['test_loss']:.4f}")
     width = max(len(name) for name in class_names)
     print(f"\n{'class':>{width}}  precision  recall     f1  support")
-    for row in metrics["per_class"]:
+    for row in record["per_class"]:
         print(f"{row['label']:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
               f"{row['f1']:5.4f}  {row['support']:7d}")
-    weakest = sorted(metrics["per_class"], key=lambda row: row["recall"])[:5]
+    weakest = sorted(record["per_class"], key=lambda row: row["recall"])[:5]
     print("\nlowest recall: " + ", ".join(f"{r['label']} ({r['recall']:.2%})" for r in weakest))
-    confusion = np.array(metrics["confusion_matrix"])
+    confusion = np.array(record["confusion_matrix"])
     pairs = top_confusions(confusion, class_names)
     if pairs:
         print("most frequent confusions: " + "; ".join(
@@ -1057,7 +1037,7 @@ def print_summary(metrics, class_names, paths, quiet):
 
 class NativeStderrSilenced:
     """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up logging ignores
-    TF_CPP_MIN_LOG_LEVEL since 2.17 and would otherwise greet every run with CUDA and
+    TF_CPP_MIN_LOG_LEVEL (it logs before reading it) and would otherwise greet every run with CUDA and
     oneDNN notices."""
 
     def __enter__(self):
@@ -1076,7 +1056,9 @@ class NativeStderrSilenced:
 
 def setup_keras(config):
     """Select the backend, import Keras, seed every generator, and opt into determinism."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Level 3 also hides TensorFlow's C++ "E0000 ... NodeDef mentions attribute" lines, which
+    # look like errors but are not (a real failure still arrives as a Python exception).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ["KERAS_BACKEND"] = config.backend
     try:
         with NativeStderrSilenced():
@@ -1100,7 +1082,7 @@ def setup_keras(config):
     return keras
 
 
-def load_data_and_backend(config):
+def load_data_and_backend(config, training=True):
     """Read the data, import the Keras backend, split and scale; return data, its record, timing.
 
     Local files are read before TensorFlow is imported, so bad data fails in a blink.
@@ -1110,6 +1092,8 @@ def load_data_and_backend(config):
     arrays = source = None
     if config.data_dir is not None:
         arrays, source = load_dataset(config.dataset, config.data_dir)
+        if training:
+            check_training_size(len(arrays["x_train"]), config)
     timing["load_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     setup_keras(config)
@@ -1117,12 +1101,131 @@ def load_data_and_backend(config):
     start = time.perf_counter()
     if arrays is None:
         arrays, source = load_dataset(config.dataset, None)
+        if training:
+            check_training_size(len(arrays["x_train"]), config)
     data = split_and_scale(arrays, config.validation_split, config.seed)
     timing["load_seconds"] = round(timing["load_seconds"] + time.perf_counter() - start, 3)
     dataset_info = dict(name=config.dataset, title=DATASETS[config.dataset]["title"],
                         source=source, train_size=len(data["x_train"]),
                         validation_size=len(data["x_val"]), test_size=len(data["x_test"]))
     return data, dataset_info, timing
+
+
+def new_model(config, train_count):
+    """A freshly built model for config, compiled with its learning-rate schedule."""
+    steps_per_epoch = math.ceil(train_count / config.batch_size)
+    model = build_model(config.hidden, config.dropout, config.augment, config.dataset,
+                        config.committee)
+    return compile_model(model, config, steps_per_epoch)
+
+
+def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, callbacks=()):
+    """The pipeline every mode runs: build (or resume), train, strip, evaluate on the test set.
+
+    Returns plain values: the training model, the inference model (what model.keras holds),
+    the training record (history, seconds, whether interrupted) and the test scores.
+    """
+    model, initial_epoch, history = resumed or (new_model(config, len(data["x_train"])), 0, [])
+    if not config.quiet:
+        print(describe_model(model))
+    training = train(model, data, config, signals, output_dir, initial_epoch, history, callbacks)
+    start = time.perf_counter()
+    final = inference_model(model)
+    scores = evaluate(final, data["x_test"], data["y_test"])
+    training["evaluate_seconds"] = time.perf_counter() - start
+    return dict(model=model, final=final, training=training, scores=scores,
+                parameters=int(final.count_params()))
+
+
+def run_figures(result, seed):
+    """One run's headline figures, as repeats and comparisons tabulate them."""
+    training, scores = result["training"], result["scores"]
+    kept = training["history"][training["kept_epoch"] - 1] if training["history"] else {}
+    return dict(seed=seed, parameters=result["parameters"], val_accuracy=kept.get("val_accuracy"),
+                test_accuracy=scores["test_accuracy"], test_loss=scores["test_loss"],
+                train_seconds=training["seconds"])
+
+
+def train_seeds(config, data, seeds, signals):
+    """The seed loop: a fresh model per seed, all on the same split; stops at an interrupt."""
+    import keras
+
+    runs = []
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)
+        result = train_and_evaluate(dataclasses.replace(config, seed=seed, quiet=True), data,
+                                    signals)
+        if result["training"]["interrupted"]:
+            break
+        runs.append(run_figures(result, seed))
+        say(config, f"hidden {format_hidden(config.hidden)}, seed {seed}: test accuracy "
+                    f"{runs[-1]['test_accuracy']:.4%} in {runs[-1]['train_seconds']:.1f} s")
+    return runs
+
+
+def mean_and_std(values):
+    """Mean and sample standard deviation (0 for a single value); None when nothing to average."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def spread(runs, keys):
+    """The runs' seeds, and each key's values over them with mean and standard deviation."""
+    summary = dict(seeds=[run["seed"] for run in runs])
+    for key in keys:
+        summary[key] = [run[key] for run in runs]
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_and_std(summary[key])
+    return summary
+
+
+def member_accuracies(final, data):
+    """Each committee member's own test accuracy, to set against the committee's."""
+    import keras
+
+    return [evaluate(member, data["x_test"], data["y_test"])["test_accuracy"]
+            for member in final.layers if isinstance(member, keras.Sequential)]
+
+
+def build_record(config, dataset_info, scores=None, *, training=None, model=None,
+                 timing=None, repeats=None, members=None, comparison=None, model_path=None):
+    """The run's one record, what metrics.json holds and every report is rendered from.
+
+    Built once, when every figure is known: the test scores, the training history and
+    timings, the seeds of --repeats, the committee members, an architecture comparison.
+    """
+    class_names = DATASETS[config.dataset]["classes"]
+    history = training["history"] if training else []
+    record = dict(config=config_record(config), dataset=dataset_info)
+    if model is not None:
+        record.update(architecture=architecture(model), parameters=int(model.count_params()))
+    if scores is not None:
+        errors = int(scores["confusion_matrix"].sum() - np.trace(scores["confusion_matrix"]))
+        record.update(
+            test_accuracy=scores["test_accuracy"], test_loss=scores["test_loss"],
+            error_rate=scores["error_rate"],
+            confusion_matrix=scores["confusion_matrix"].tolist(),
+            per_class=per_class_rows(scores, class_names),
+            misclassified_shown=min(errors, MISCLASSIFIED_SHOWN))
+    if training is not None:
+        record.update(
+            history={key: [row.get(key) for row in history]
+                     for key in dict.fromkeys(k for row in history for k in row)},
+            epochs_completed=training["epochs_completed"], kept_epoch=training["kept_epoch"],
+            interrupted=training["interrupted"])
+    else:
+        record["interrupted"] = False
+    if model_path is not None:
+        record["model"] = str(Path(model_path).resolve())
+    if members is not None:
+        record["member_test_accuracy"] = members
+    if repeats is not None:
+        record["repeats"] = repeats
+    if comparison is not None:
+        record["comparison"] = comparison
+    record.update(timing=timing or {}, versions=versions())
+    return record
 
 
 def run_training(config):
@@ -1135,59 +1238,52 @@ def run_training(config):
         raise RunError(f"{checkpoint.directory} holds an unfinished run ({done} of its epochs "
                        f"done); pass --resume to continue it, or delete it to start over")
     data, dataset_info, timing = load_data_and_backend(config)
-
-    steps_per_epoch = math.ceil(len(data["x_train"]) / config.batch_size)
-    initial_epoch, history = 0, []
+    resumed = None
     if config.resume and checkpoint.exists():
-        model, initial_epoch, history = checkpoint.load(config)
-        say(config, f"resuming from {checkpoint.directory}: {initial_epoch} of "
+        resumed = checkpoint.load(config)
+        say(config, f"resuming from {checkpoint.directory}: {resumed[1]} of "
                     f"{config.epochs} epochs done")
-    else:
-        if config.resume:
-            say(config, f"no checkpoint in {checkpoint.directory}; starting from scratch")
-        model = compile_model(build_model(config.hidden, config.dropout, config.augment,
-                                          config.dataset, config.committee),
-                              config, steps_per_epoch)
-    if not config.quiet:
-        print(describe_model(model))
+    elif config.resume:
+        say(config, f"no checkpoint in {checkpoint.directory}; starting from scratch")
 
     with StopSignals() as signals:
-        training = train(model, data, config, signals, output_dir, initial_epoch, history)
+        result = train_and_evaluate(config, data, signals, output_dir, resumed)
+    training, final, scores = result["training"], result["final"], result["scores"]
     timing["train_seconds"] = round(training["seconds"], 3)
     timing["samples_per_second"] = (round(training["samples_per_second"], 1)
                                     if training["samples_per_second"] else None)
+    timing["evaluate_seconds"] = round(training["evaluate_seconds"], 3)
     if training["interrupted"]:
         say(config, f"interrupted by {signals.received} during epoch "
                     f"{training['epochs_completed'] + 1} of {config.epochs} "
-                    f"({training['epochs_completed']} finished); evaluating the model as it stands")
+                    f"({training['epochs_completed']} finished); evaluated the model as it stands")
 
     # From here on a second Ctrl-C exits at once; every file below is written atomically.
     with StopSignals():
         start = time.perf_counter()
-        final = inference_model(model)
-        scores = evaluate(final, data["x_test"], data["y_test"])
-        timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
-        start = time.perf_counter()
         write_atomically(output_dir / "model.keras", lambda tmp: final.save(tmp))
         timing["save_seconds"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        metrics, written = write_reports(output_dir, data, scores, config, dataset_info, training)
+        images = draw_pictures(output_dir, data, scores, config, training)
         timing["report_seconds"] = round(time.perf_counter() - start, 3)
-    if config.committee > 1:
-        metrics["member_test_accuracy"] = member_accuracies(final, data)
+    members = member_accuracies(final, data) if config.committee > 1 else None
+    if members:
         say(config, "committee members' test accuracy: " + ", ".join(
-            f"{accuracy:.2%}" for accuracy in metrics["member_test_accuracy"]))
+            f"{accuracy:.2%}" for accuracy in members))
+    repeats = None
     if config.repeats > 1 and not training["interrupted"]:
-        metrics["repeats"] = run_repeats(config, data, scores, training["seconds"])
+        repeats = run_repeats(config, data, run_figures(result, config.seed))
     with StopSignals():
         timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
-        metrics["timing"] = timing
-        written.append(write_json(output_dir / "metrics.json", metrics))
+        record = build_record(config, dataset_info, scores, training=training, model=final,
+                              timing=timing, repeats=repeats, members=members)
+        written = [*images, write_html_report(output_dir / "report.html", record, images),
+                   write_json(output_dir / "metrics.json", record)]
         if not training["interrupted"]:
             checkpoint.remove()
     written += [output_dir / "model.keras"]
     written += [output_dir / "history.csv"] if training["history"] else []
-    print_summary(metrics, DATASETS[config.dataset]["classes"], written, config.quiet)
+    print_summary(record, written, config.quiet)
     if training["interrupted"]:
         print(f"interrupted: reports describe the model after {training['epochs_completed']} "
               f"epochs; rerun with --resume to finish training", file=sys.stderr)
@@ -1195,27 +1291,13 @@ def run_training(config):
     return 0
 
 
-def member_accuracies(final, data):
-    """Each committee member's own test accuracy, to set against the committee's."""
-    import keras
-
-    return [evaluate(member, data["x_test"], data["y_test"])["test_accuracy"]
-            for member in final.layers if isinstance(member, keras.Sequential)]
-
-
-def run_repeats(config, data, first_scores, first_seconds):
+def run_repeats(config, data, first_run):
     """Train the same configuration with seeds seed+1 ... and summarise all runs."""
-    runs = [dict(seed=config.seed, test_accuracy=first_scores["test_accuracy"],
-                 test_loss=first_scores["test_loss"], train_seconds=first_seconds)]
     with StopSignals() as signals:
-        for repeat in range(1, config.repeats):
-            run = train_and_score(config, data, config.hidden, config.seed + repeat, signals)
-            if run["interrupted"]:
-                break
-            runs.append(run)
-            say(config, f"seed {run['seed']}: test accuracy {run['test_accuracy']:.4%}")
-    summary = dict(seeds=[run["seed"] for run in runs],
-                   **spread(runs, ("test_accuracy", "test_loss", "train_seconds")))
+        runs = [first_run] + train_seeds(config, data,
+                                         range(config.seed + 1, config.seed + config.repeats),
+                                         signals)
+    summary = spread(runs, ("test_accuracy", "test_loss", "train_seconds"))
     say(config, f"test accuracy over {len(runs)} seeds: {summary['test_accuracy_mean']:.4%} "
                 f"± {summary['test_accuracy_std']:.4%} (mean ± standard deviation)")
     return summary
@@ -1225,6 +1307,135 @@ def say(config, message):
     """Print a progress message unless --quiet."""
     if not config.quiet:
         print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Distortion of training images: --augment
+# ---------------------------------------------------------------------------
+
+@functools.cache
+def distortion_layer_class():
+    """RandomDistortion, defined on first use so that Keras is only imported when needed."""
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="digit_classifier")
+    class RandomDistortion(keras.layers.Layer):
+        """Random affine and elastic distortion of (batch, height, width) images, training only.
+
+        One bilinear resampling per image: each output pixel reads the input at its own
+        position rotated (+-rotation degrees), scaled (1 +- zoom, x and y independently),
+        shifted (+-shift pixels) and, when elastic > 0, displaced by a random field smoothed
+        with a Gaussian of sigma pixels and scaled by elastic (Simard et al., 2003). Pixels
+        read from outside the image are 0. Outside training the layer passes images through.
+        Keras' own RandomElasticTransform is not used: it draws the x and y fields from one
+        seed, so every displacement points along the diagonal, and it loops over the batch in
+        Python.
+        """
+
+        def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, elastic=0.0, sigma=4.0,
+                     copies=1, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.rotation, self.zoom, self.shift = rotation, zoom, shift
+            self.elastic, self.sigma, self.copies, self.seed = elastic, sigma, copies, seed
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def get_config(self):
+            return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom,
+                    "shift": self.shift, "elastic": self.elastic, "sigma": self.sigma,
+                    "copies": self.copies, "seed": self.seed}
+
+        def uniform(self, shape, limit):
+            return keras.random.uniform(shape, -limit, limit, seed=self.seed_generator)
+
+        def smoothed_noise(self, batch, height, width):
+            """Uniform noise in -1..1 per pixel and axis, blurred by a separable Gaussian."""
+            radius = max(1, int(math.ceil(3 * self.sigma)))
+            taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / self.sigma) ** 2)
+            taps = (taps / taps.sum()).astype("float32")
+            noise = self.uniform((batch, height, width, 2), 1.0)
+            noise = ops.depthwise_conv(noise, np.tile(taps[:, None, None, None], (1, 1, 2, 1)),
+                                       padding="same")
+            return ops.depthwise_conv(noise, np.tile(taps[None, :, None, None], (1, 1, 2, 1)),
+                                      padding="same")
+
+        def affine_maps(self, batch, height, width):
+            """Per image, where output pixel (y, x) reads: y = a_yx x + a_yy y + b_y, etc.
+
+            Returns the six coefficients (a_xx, a_xy, b_x, a_yx, a_yy, b_y), each (batch, 1, 1),
+            of a random rotation and scaling about the centre followed by a random shift.
+            """
+            angle = self.uniform((batch, 1, 1), math.radians(self.rotation))
+            scale_y = 1.0 + self.uniform((batch, 1, 1), self.zoom)
+            scale_x = 1.0 + self.uniform((batch, 1, 1), self.zoom)
+            shift_y = self.uniform((batch, 1, 1), self.shift)
+            shift_x = self.uniform((batch, 1, 1), self.shift)
+            cos, sin = ops.cos(angle), ops.sin(angle)
+            center_y, center_x = (height - 1) / 2, (width - 1) / 2
+            a_xx, a_xy = cos * scale_x, -sin * scale_x
+            a_yx, a_yy = sin * scale_y, cos * scale_y
+            b_x = center_x + shift_x - a_xx * center_x - a_xy * center_y
+            b_y = center_y + shift_y - a_yx * center_x - a_yy * center_y
+            return a_xx, a_xy, b_x, a_yx, a_yy, b_y
+
+        def call(self, images, training=False):
+            """Distorted images; with copies > 1 a list of that many, each distorted apart."""
+            if self.copies > 1:
+                if not training:
+                    return [images] * self.copies
+                distorted = self.distort(ops.tile(images, (self.copies, 1, 1)))
+                return ops.split(distorted, self.copies, axis=0)
+            return self.distort(images) if training else images
+
+        def distort(self, images):
+            """A fresh random distortion of every image."""
+            batch, (height, width) = ops.shape(images)[0], images.shape[1:]
+            a_xx, a_xy, b_x, a_yx, a_yy, b_y = self.affine_maps(batch, height, width)
+            if self.elastic == 0:
+                # The backend's own affine resampler (one native op on TensorFlow) is several
+                # times faster than sampling through index arrays, and gives the same pixels.
+                transform = ops.concatenate(
+                    [ops.reshape(a, (-1, 1)) for a in (a_xx, a_xy, b_x, a_yx, a_yy, b_y)]
+                    + [ops.zeros((batch, 2), dtype=a_xx.dtype)], axis=1)
+                return ops.image.affine_transform(
+                    images[..., None], transform, interpolation="bilinear",
+                    fill_mode="constant", fill_value=0, data_format="channels_last")[..., 0]
+            y, x = np.meshgrid(np.arange(height, dtype="float32"),
+                               np.arange(width, dtype="float32"), indexing="ij")
+            field = self.elastic * self.smoothed_noise(batch, height, width)
+            src_y = a_yx * x + a_yy * y + b_y + field[..., 0]
+            src_x = a_xx * x + a_xy * y + b_x + field[..., 1]
+            return self.bilinear(images, src_y, src_x)
+
+        @staticmethod
+        def bilinear(images, src_y, src_x):
+            """Sample images at fractional (src_y, src_x), 0 outside; all (batch, h, w)."""
+            height, width = images.shape[1:]
+            src_y, src_x = ops.cast(src_y, images.dtype), ops.cast(src_x, images.dtype)
+            flat = ops.reshape(images, (-1, height * width))
+            y0, x0 = ops.floor(src_y), ops.floor(src_x)
+            dy, dx = src_y - y0, src_x - x0
+            out = 0.0
+            for yi, wy in ((y0, 1.0 - dy), (y0 + 1.0, dy)):
+                for xi, wx in ((x0, 1.0 - dx), (x0 + 1.0, dx)):
+                    inside = ((yi >= 0) & (yi <= height - 1) & (xi >= 0) & (xi <= width - 1))
+                    index = (ops.clip(yi, 0, height - 1) * width + ops.clip(xi, 0, width - 1))
+                    index = ops.reshape(ops.cast(index, "int32"), (-1, height * width))
+                    pixels = ops.reshape(ops.take_along_axis(flat, index, axis=1),
+                                         ops.shape(images))
+                    out = out + pixels * wy * wx * ops.cast(inside, images.dtype)
+            return out
+
+        def compute_output_shape(self, input_shape):
+            return input_shape if self.copies == 1 else [input_shape] * self.copies
+
+    return RandomDistortion
+
+
+# Distortions for --augment: "affine" shifts, rotates and scales; "elastic" adds Simard's
+# elastic field on top (alpha 34, sigma 4 pixels, as in Simard et al. 2003).
+AFFINE = dict(rotation=10.0, zoom=0.1, shift=2.0)
+AUGMENTATIONS = {"affine": AFFINE, "elastic": dict(AFFINE, elastic=34.0, sigma=4.0)}
 
 
 # ---------------------------------------------------------------------------
@@ -1275,7 +1486,7 @@ def run_evaluation(config, model_path):
     total_start = time.perf_counter()
     require_model_file(model_path)
     output_dir = prepare_output_dir(config.output_dir)
-    data, dataset_info, timing = load_data_and_backend(config)
+    data, dataset_info, timing = load_data_and_backend(config, training=False)
     model = load_saved_model(model_path)
     trained_on = model_dataset(model)
     if trained_on != config.dataset:
@@ -1283,14 +1494,16 @@ def run_evaluation(config, model_path):
     start = time.perf_counter()
     scores = evaluate(model, data["x_test"], data["y_test"])
     timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
-    start = time.perf_counter()
-    metrics, written = write_reports(output_dir, data, scores, config, dataset_info,
-                                     training=None)
-    timing["report_seconds"] = round(time.perf_counter() - start, 3)
-    timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
-    metrics.update(timing=timing, model=str(Path(model_path).resolve()))
-    written.append(write_json(output_dir / "metrics.json", metrics))
-    print_summary(metrics, DATASETS[config.dataset]["classes"], written, config.quiet)
+    with StopSignals():
+        start = time.perf_counter()
+        images = draw_pictures(output_dir, data, scores, config, training=None)
+        timing["report_seconds"] = round(time.perf_counter() - start, 3)
+        timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
+        record = build_record(config, dataset_info, scores, model=model, timing=timing,
+                              model_path=model_path)
+        written = [*images, write_html_report(output_dir / "report.html", record, images),
+                   write_json(output_dir / "metrics.json", record)]
+    print_summary(record, written, config.quiet)
     return 0
 
 
@@ -1415,55 +1628,13 @@ def run_prediction(config, model_path, image_paths, as_json):
 
 
 # ---------------------------------------------------------------------------
-# Repeats and architecture comparison
+# Architecture comparison: --compare
 # ---------------------------------------------------------------------------
 
-def train_and_score(config, data, hidden, seed, signals):
-    """Train one fresh model with the given hidden widths and seed; return its figures."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    run_config = dataclasses.replace(config, hidden=tuple(hidden), seed=seed, quiet=True)
-    steps_per_epoch = math.ceil(len(data["x_train"]) / config.batch_size)
-    model = compile_model(build_model(run_config.hidden, config.dropout, config.augment,
-                                      config.dataset, config.committee),
-                          run_config, steps_per_epoch)
-    training = train(model, data, run_config, signals)
-    scores = evaluate(inference_model(model), data["x_test"], data["y_test"])
-    kept = training["history"][training["kept_epoch"] - 1] if training["history"] else {}
-    return dict(hidden=list(hidden), seed=seed, parameters=int(model.count_params()),
-                val_accuracy=kept.get("val_accuracy"), test_accuracy=scores["test_accuracy"],
-                test_loss=scores["test_loss"], train_seconds=training["seconds"],
-                interrupted=training["interrupted"])
-
-
-def mean_and_std(values):
-    """Mean and sample standard deviation (0 for a single value); None when nothing to average."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def spread(runs, keys):
-    """Each key's values over the runs, with their mean and standard deviation."""
-    summary = {}
-    for key in keys:
-        summary[key] = [run[key] for run in runs]
-        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_and_std(summary[key])
-    return summary
-
-
-def summarise_runs(runs):
-    """Mean and spread of one configuration's runs."""
-    return dict(hidden=runs[0]["hidden"], parameters=runs[0]["parameters"], runs=len(runs),
-                seeds=[r["seed"] for r in runs],
+def summarise_runs(hidden, runs):
+    """Mean and spread of one architecture's runs."""
+    return dict(hidden=list(hidden), parameters=runs[0]["parameters"], runs=len(runs),
                 **spread(runs, ("val_accuracy", "test_accuracy", "train_seconds")))
-
-
-def format_hidden(hidden):
-    """Hidden widths as the SPEC a user types ('none' for softmax regression)."""
-    return ",".join(map(str, hidden)) or "none"
 
 
 def plot_comparison(rows, dataset_title, path):
@@ -1496,15 +1667,11 @@ def write_comparison(output_dir, rows, dataset_title):
     write_csv(output_dir / "comparison.csv", columns,
               [dict(row, hidden=format_hidden(row["hidden"])) for row in rows])
 
-    def pct(mean, std):
-        """Mean ± std as percentages."""
-        return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
-
     table = ["| hidden layers | parameters | runs | validation accuracy (%) | "
              "test accuracy (%) | training seconds |", "|---|---:|---:|---:|---:|---:|"]
     table += [f"| {format_hidden(r['hidden'])} | {r['parameters']:,} | {r['runs']} | "
-              f"{pct(r['val_accuracy_mean'], r['val_accuracy_std'])} | "
-              f"{pct(r['test_accuracy_mean'], r['test_accuracy_std'])} | "
+              f"{percent_spread(r['val_accuracy_mean'], r['val_accuracy_std'])} | "
+              f"{percent_spread(r['test_accuracy_mean'], r['test_accuracy_std'])} | "
               f"{r['train_seconds_mean']:.1f} ± {r['train_seconds_std']:.1f} |" for r in rows]
     write_text(output_dir / "comparison.md", "\n".join(table) + "\n")
     plot_comparison(rows, dataset_title, output_dir / "comparison.png")
@@ -1513,32 +1680,32 @@ def write_comparison(output_dir, rows, dataset_title):
 
 def run_comparison(config, specs):
     """Train every architecture with the same data split and settings, repeats times each."""
+    total_start = time.perf_counter()
     output_dir = prepare_output_dir(config.output_dir)
-    data, dataset_info, _ = load_data_and_backend(config)
+    data, dataset_info, timing = load_data_and_backend(config)
     rows = []
     with StopSignals() as signals:
         for hidden in specs:
-            runs = []
-            for repeat in range(config.repeats):
-                run = train_and_score(config, data, hidden, config.seed + repeat, signals)
-                if run["interrupted"]:
-                    break
-                runs.append(run)
-                say(config, f"hidden {format_hidden(hidden)}, seed {run['seed']}: test accuracy "
-                            f"{run['test_accuracy']:.4%} in {run['train_seconds']:.1f} s")
+            runs = train_seeds(dataclasses.replace(config, hidden=tuple(hidden)), data,
+                               range(config.seed, config.seed + config.repeats), signals)
             if runs:
-                rows.append(summarise_runs(runs))
+                rows.append(summarise_runs(hidden, runs))
             if signals.received:
                 break
     if not rows:
         print("interrupted before any architecture finished; nothing written", file=sys.stderr)
         return 130
-    table = write_comparison(output_dir, rows, DATASETS[config.dataset]["title"])
-    write_json(output_dir / "comparison.json", dict(rows=rows, config=config_record(config),
-                                                     dataset=dataset_info))
+    with StopSignals():
+        table = write_comparison(output_dir, rows, DATASETS[config.dataset]["title"])
+        timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
+        record = build_record(config, dataset_info, timing=timing, comparison=rows)
+        record["interrupted"] = signals.received is not None
+        write_json(output_dir / "comparison.json", record)
+        write_html_report(output_dir / "report.html", record, [output_dir / "comparison.png"])
     if not config.quiet:
         print("\n" + "\n".join(table))
-        print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png")
+        print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png, "
+              f"comparison.json, report.html")
     if signals.received:
         print("interrupted: the comparison holds the architectures finished so far",
               file=sys.stderr)

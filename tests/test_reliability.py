@@ -128,7 +128,8 @@ def read_only_command(directory, argv):
         directory.chmod(0o555)
         return argv
     if shutil.which("unshare") is None:
-        pytest.skip("running as root without unshare: no way to make a directory read-only")
+        pytest.skip("running as root without unshare, so no way to make a directory read-only: "
+                    "install util-linux, or run the tests as a normal user")
     quoted = " ".join(f"'{a}'" for a in argv)
     script = (f"mount --bind '{directory}' '{directory}' && "
               f"mount -o remount,bind,ro '{directory}' && exec {quoted}")
@@ -170,8 +171,11 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
 
 def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, synthetic_dir):
     # A 200 KB tmpfs in a private mount namespace fills up while the run saves its files.
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare to mount a small tmpfs")
+    # Root mounts it directly; anyone else through an unprivileged user namespace.
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to mount a small tmpfs: install util-linux")
+    namespace = ["unshare", "--mount"] if os.geteuid() == 0 else [
+        "unshare", "--user", "--map-root-user", "--mount"]
     out = tmp_path / "small"
     out.mkdir()
     run = " ".join(f"'{a}'" for a in [sys.executable, str(SCRIPT), "--data-dir",
@@ -181,10 +185,11 @@ def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, syntheti
               f"echo earlier > '{out}/metrics.json'; {run}; rc=$?; "
               f"echo \"KEPT=$(cat '{out}/metrics.json')\"; "
               f"echo \"PARTIAL=$(ls -a '{out}' | grep -c partial)\"; exit $rc")
-    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
+    result = subprocess.run([*namespace, "sh", "-c", script], capture_output=True,
                             text=True, timeout=300)
-    if result.returncode == 99:
-        pytest.skip("could not mount a tmpfs here")
+    if result.returncode == 99 or (result.returncode == 1 and "unshare:" in result.stderr):
+        pytest.skip("could not mount a tmpfs here: run the tests as root, or enable "
+                    "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)")
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr

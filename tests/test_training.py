@@ -1,6 +1,7 @@
 """Training end to end on synthetic data: files, their contents, and the model contract."""
 
 import csv
+import html
 import json
 import re
 import subprocess
@@ -116,6 +117,13 @@ def test_evaluate_reproduces_the_training_accuracy(trained_synthetic, synthetic_
     for name in PNGS:
         assert (tmp_path / name).is_file() == (name != "training_curves.png")
     assert not (tmp_path / "model.keras").exists()
+    # The same record and page as training: the model described, and where it came from.
+    assert evaluated["architecture"] == trained["architecture"]
+    assert evaluated["parameters"] == trained["parameters"]
+    assert evaluated["model"] == str((out / "model.keras").resolve())
+    page = (tmp_path / "report.html").read_text()
+    assert f'<b id="test-accuracy">{trained["test_accuracy"]:.4%}</b>' in page
+    assert html.escape(trained["architecture"]) in page
 
 
 def test_fashion_mnist_uses_clothing_names(tmp_path, synthetic_dir):
@@ -253,6 +261,8 @@ def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["committee"] == 2 and metrics["config"]["augment"] == "elastic"
     assert len(metrics["member_test_accuracy"]) == 2
+    members = re.search(r'<span id="members">([^<]*)</span>', (out / "report.html").read_text())
+    assert members.group(1) == ", ".join(f"{a:.2%}" for a in metrics["member_test_accuracy"])
     # model.keras needs nothing from this script: plain Keras loads it.
     check = subprocess.run([sys.executable, "-c", (
         "import sys, keras, numpy as np; m = keras.models.load_model(sys.argv[1]); "
@@ -331,3 +341,30 @@ def test_patience_stops_early_and_keeps_the_best_epoch():
     assert training["epochs_completed"] == 2  # one epoch without improvement, then stop
     losses = [row["val_loss"] for row in training["history"]]
     assert losses[1] > losses[0]
+
+
+def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json():
+    from conftest import synthetic_digits
+
+    x_train, y_train = synthetic_digits(600, seed=1)
+    x_test, y_test = synthetic_digits(200, seed=2)
+    arrays = dict(x_train=x_train, y_train=y_train.astype(np.int32), x_test=x_test,
+                  y_test=y_test.astype(np.int32))
+    config = dc.Config(hidden=(32,), epochs=3, batch_size=64, augment=None, quiet=True, seed=3)
+    dc.setup_keras(config)
+    data = dc.split_and_scale(arrays, config.validation_split, config.seed)
+    result = dc.train_and_evaluate(config, data, dc.StopSignals())
+    training, scores = result["training"], result["scores"]
+    assert training["epochs_completed"] == 3 and not training["interrupted"]
+    assert [row["epoch"] for row in training["history"]] == [1, 2, 3]
+    assert scores["test_accuracy"] > 0.5  # it learned: chance is 0.1
+    assert result["parameters"] == 784 * 32 + 32 + 32 * 10 + 10
+    np.testing.assert_allclose(result["final"].predict(data["x_test"], verbose=0).argmax(1),
+                               scores["predicted"])
+    info = dict(name="mnist", title="MNIST", source="arrays", train_size=540,
+                validation_size=60, test_size=200)
+    record = dc.build_record(config, info, scores, training=training, model=result["final"],
+                             timing={"train_seconds": training["seconds"]})
+    assert record["architecture"] == "Flatten -> Dense(32, relu) -> Dropout(0.2) -> Dense(10, softmax)"
+    assert record["test_accuracy"] == scores["test_accuracy"] and record["epochs_completed"] == 3
+    assert json.loads(json.dumps(record)) == record  # plain values only

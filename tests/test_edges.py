@@ -1,0 +1,53 @@
+"""Edges found by trying the tool as a user: each provoked for real."""
+
+import numpy as np
+import pytest
+
+import digit_classifier as dc
+from conftest import FAST, run_cli
+
+
+@pytest.mark.parametrize("split, kept", [("0.99999", 0), ("0.99", 6)])
+def test_a_split_that_leaves_less_than_one_batch_is_a_one_line_error(synthetic_dir, tmp_path,
+                                                                    split, kept):
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
+                     "--validation-split", split)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: --validation-split {split} leaves {kept} of 600 training images, fewer than "
+        f"one batch of 64; lower --validation-split or --batch-size"]
+    assert not (tmp_path / "metrics.json").exists() and "Traceback" not in result.stderr
+
+
+def test_a_split_that_leaves_exactly_one_batch_trains(synthetic_dir, tmp_path):
+    # 600 images, 536 held out: 64 left, one batch of 64.
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
+                     "--validation-split", str(536 / 600), "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_quiet_deterministic_run_prints_no_framework_noise(synthetic_dir, tmp_path):
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
+                     "--deterministic", "--quiet")
+    assert result.returncode == 0
+    assert result.stderr == "" and result.stdout == ""
+
+
+def test_normalised_confusion_matrix_leaves_cells_no_image_reached_blank(monkeypatch, tmp_path):
+    shown = {}
+
+    def capture(fig, path):
+        """Keep the annotations instead of saving."""
+        shown["texts"] = [text.get_text() for text in fig.axes[0].texts]
+        dc.pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(dc, "save_figure", capture)
+    confusion = np.diag(np.full(10, 98))
+    confusion[3, 5] = 2  # two 3s read as 5
+    confusion[0, 0] = 100
+    dc.plot_confusion_matrix(confusion, dc.DIGITS, "t", tmp_path / "c.png", normalize=True)
+    texts = shown["texts"]
+    assert len(texts) == 100
+    assert texts[0] == "1.00" and texts[3 * 10 + 5] == "0.02" and texts[3 * 10 + 3] == "0.98"
+    assert sum(text == "" for text in texts) == 100 - 11  # ten diagonal cells and one mistake

@@ -49,5 +49,5 @@ def test_normalised_confusion_matrix_leaves_cells_no_image_reached_blank(monkeyp
     dc.plot_confusion_matrix(confusion, dc.DIGITS, "t", tmp_path / "c.png", normalize=True)
     texts = shown["texts"]
     assert len(texts) == 100
-    assert texts[0] == "1.00" and texts[3 * 10 + 5] == "0.02" and texts[3 * 10 + 3] == "0.98"
+    assert texts[0] == "100.0%" and texts[3 * 10 + 5] == "2.0%" and texts[3 * 10 + 3] == "98.0%"
     assert sum(text == "" for text in texts) == 100 - 11  # ten diagonal cells and one mistake

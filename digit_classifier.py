@@ -882,7 +882,8 @@ def headline_rows(record):
                          for seed, accuracy in zip(repeats["seeds"], repeats["test_accuracy"]))
         rows.append((f"over {len(repeats['seeds'])} seeds",
                      f'<b id="repeats">{repeats["test_accuracy_mean"]:.4%} ± '
-                     f'{repeats["test_accuracy_std"]:.4%}</b> (mean ± standard deviation; {each}); '
+                     f'{repeats["test_accuracy_std"]:.4%}</b> '
+                     f'(mean ± standard deviation; {each}); '
                      f'training {repeats["train_seconds_mean"]:.1f} ± '
                      f'{repeats["train_seconds_std"]:.1f} s'))
     if record.get("member_test_accuracy"):
@@ -1031,8 +1032,8 @@ def print_summary(record, paths, quiet):
 
 class NativeStderrSilenced:
     """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up logging ignores
-    TF_CPP_MIN_LOG_LEVEL (it logs before reading it) and would otherwise greet every run with CUDA and
-    oneDNN notices."""
+    TF_CPP_MIN_LOG_LEVEL (it logs before reading it) and would otherwise greet every run
+    with CUDA and oneDNN notices."""
 
     def __enter__(self):
         """Redirect fd 2 to /dev/null."""

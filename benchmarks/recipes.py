@@ -48,7 +48,8 @@ def machine():
     """CPU model and core count, as the README quotes them."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        model = next(line.split(":", 1)[1].strip() for line in lines
+                     if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model}, {os.cpu_count()} cores"
@@ -94,7 +95,8 @@ def main():
     for name, flags in args.recipe:
         s = summarise(runs[name])
         each = ", ".join(f"{a:.2f}" for a in s["accuracies"])
-        print(f"| {name} | `{shlex.join(flags) or '(defaults)'}` | {s['mean']:.2f}% ± {s['std']:.2f}% "
+        print(f"| {name} | `{shlex.join(flags) or '(defaults)'}` | "
+              f"{s['mean']:.2f}% ± {s['std']:.2f}% "
               f"({each}) | {s['median_seconds']:.1f} | {s['median_seconds'] / baseline:.2f}x |")
     return 0
 

@@ -80,7 +80,7 @@ def trained_synthetic(tmp_path_factory, synthetic_dir):
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-    """The official MNIST files (60,000 training and 10,000 test images), found through MNIST_DIR."""
+    """The official MNIST files (60,000 training, 10,000 test images), found via MNIST_DIR."""
     path = os.environ.get("MNIST_DIR")
     if path and not Path(path).is_absolute():
         path = str(ROOT / path)  # relative to the project root, as .ci/run sets it

@@ -23,8 +23,10 @@ def test_compare_writes_three_files_with_one_row_per_spec(tmp_path, synthetic_di
     for row, runs in zip(rows, record["comparison"]):
         assert row["runs"] == "2" and len(runs["test_accuracy"]) == 2
         # The csv's spread is the sample statistics of the seeds' own results.
-        assert float(row["test_accuracy_mean"]) == pytest.approx(statistics.mean(runs["test_accuracy"]), abs=1e-6)
-        assert float(row["test_accuracy_std"]) == pytest.approx(statistics.stdev(runs["test_accuracy"]), abs=1e-6)
+        assert float(row["test_accuracy_mean"]) == pytest.approx(
+            statistics.mean(runs["test_accuracy"]), abs=1e-6)
+        assert float(row["test_accuracy_std"]) == pytest.approx(
+            statistics.stdev(runs["test_accuracy"]), abs=1e-6)
         assert 0 < float(row["test_accuracy_mean"]) <= 1
     table = (tmp_path / "comparison.md").read_text().splitlines()
     assert len(table) == 2 + 3 and "| 16,8 |" in table[3]

@@ -365,7 +365,8 @@ def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json()
                 validation_size=60, test_size=200)
     record = dc.build_record(config, info, scores, training=training, model=result["final"],
                              timing={"train_seconds": training["seconds"]})
-    assert record["architecture"] == "Flatten -> Dense(32, relu) -> Dropout(0.2) -> Dense(10, softmax)"
+    assert record["architecture"] == ("Flatten -> Dense(32, relu) -> Dropout(0.2) -> "
+                                      "Dense(10, softmax)")
     assert record["test_accuracy"] == scores["test_accuracy"] and record["epochs_completed"] == 3
     assert json.loads(json.dumps(record)) == record  # plain values only
 

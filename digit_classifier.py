@@ -90,10 +90,11 @@ PRESETS = {
                  steps_per_execution=1),
     # The most accurate dense-only recipe measured within 30 minutes of training on 2 CPU
     # cores (README, "Best accuracy"): a committee of five 800-800 networks, each seeing its
-    # own elastic distortions of every image, trained on every training image.
+    # own elastic distortions of every image. 3,000 training images (5%) are held out to fit
+    # the committee's calibration temperature.
     "best": dict(hidden=(800, 800), dropout=0.0, augment="elastic", committee=5, epochs=45,
                  batch_size=128, learning_rate=1e-3, lr_schedule="cosine", warmup_epochs=1,
-                 validation_split=0.0, steps_per_execution=16),
+                 validation_split=0.05, steps_per_execution=16),
 }
 
 # Settings that change what a checkpoint holds; a resumed run must match them all.
@@ -688,6 +689,286 @@ def top_confusions(confusion, class_names, count=5):
 
 
 # ---------------------------------------------------------------------------
+# Trust: calibrated probabilities, and accuracy on corrupted digits
+# ---------------------------------------------------------------------------
+
+CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error
+MIN_CONFIDENCE = 0.8  # --predict's default: calibrated top probabilities below it are "unsure"
+CONFIDENCE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # tabulated on the validation split
+
+
+def networks(model):
+    """The dense networks of an inference model: itself, or a committee's members."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return [model]
+    return [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
+
+
+def network_logits(model, images):
+    """Each network's pre-softmax outputs, (networks, images, classes), in float64.
+
+    Read from the input of the last Dense layer and its weights, so that a temperature can be
+    fitted exactly without another forward pass per trial.
+    """
+    import keras
+
+    logits = []
+    for network in networks(model):
+        body = keras.Sequential([keras.Input(shape=IMAGE_SHAPE), *network.layers[:-1]])
+        features = body.predict(images, batch_size=EVAL_BATCH_SIZE, verbose=0)
+        kernel, bias = network.layers[-1].get_weights()
+        logits.append(features.astype(np.float64) @ kernel + bias)
+    return np.stack(logits)
+
+
+def softmax_average(logits, temperature=1.0):
+    """What the model outputs for those logits at a temperature: the members' mean softmax."""
+    scaled = logits / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return (exp / exp.sum(axis=-1, keepdims=True)).mean(axis=0)
+
+
+def negative_log_likelihood(probabilities, labels):
+    """Mean cross-entropy of the true classes, clipped as Keras clips it."""
+    true_class_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
+    return float(-np.log(true_class_p).mean())
+
+
+def calibration_bins(probabilities, labels, bins=CALIBRATION_BINS):
+    """Per equal-width bin of top probability (lo, hi]: images, accuracy, mean confidence."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    hits = np.bincount(index, weights=correct, minlength=bins)
+    confidence_sum = np.bincount(index, weights=confidence, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dict(count=count, accuracy=hits / count, confidence=confidence_sum / count)
+
+
+def expected_calibration_error(probabilities, labels, bins=CALIBRATION_BINS):
+    """ECE (Guo et al. 2017): the bins' |accuracy - confidence| weighted by their share of images."""
+    table = calibration_bins(probabilities, labels, bins)
+    filled = table["count"] > 0
+    gaps = np.abs(table["accuracy"][filled] - table["confidence"][filled])
+    return float((gaps * table["count"][filled]).sum() / len(labels))
+
+
+def fit_temperature(logits, labels, low=0.05, high=20.0, steps=80):
+    """The temperature that minimises the negative log-likelihood of labels.
+
+    Golden-section search on log(temperature), where the likelihood has one minimum.
+    """
+    def loss(log_t):
+        return negative_log_likelihood(softmax_average(logits, math.exp(log_t)), labels)
+
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = math.log(low), math.log(high)
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    loss_c, loss_d = loss(c), loss(d)
+    for _ in range(steps):
+        if loss_c < loss_d:
+            b, d, loss_d = d, c, loss_c
+            c = b - ratio * (b - a)
+            loss_c = loss(c)
+        else:
+            a, c, loss_c = c, d, loss_d
+            d = a + ratio * (b - a)
+            loss_d = loss(d)
+    return math.exp((a + b) / 2)
+
+
+def apply_temperature(model, temperature):
+    """Divide each network's output weights by the temperature: softmax(z / T), saved as is.
+
+    The calibration then needs no layer of its own, so model.keras stays plain Keras and
+    every program that loads it gets the calibrated probabilities.
+    """
+    for network in networks(model):
+        output = network.layers[-1]
+        output.set_weights([weight / temperature for weight in output.get_weights()])
+
+
+def unsure_table(probabilities, labels, levels=CONFIDENCE_LEVELS):
+    """For each --min-confidence level: the share of answers called unsure, and how often the
+    sure and the unsure answers are right."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    rows = []
+    for level in levels:
+        unsure = confidence < level
+        rows.append(dict(
+            min_confidence=level, unsure_share=float(unsure.mean()),
+            sure_accuracy=float(correct[~unsure].mean()) if (~unsure).any() else None,
+            unsure_accuracy=float(correct[unsure].mean()) if unsure.any() else None))
+    return rows
+
+
+def calibration_figures(probabilities, labels):
+    """ECE, NLL and the reliability bins of some probabilities, as JSON-ready values."""
+    return dict(ece=expected_calibration_error(probabilities, labels),
+                nll=negative_log_likelihood(probabilities, labels),
+                reliability={key: [None if np.isnan(v) else float(v) for v in values]
+                             for key, values in calibration_bins(probabilities, labels).items()})
+
+
+def calibrate(model, data):
+    """Fit a temperature on the validation split and fold it into the model.
+
+    Returns the calibration record: the temperature, test ECE and NLL before and after, the
+    reliability bins before and after, and the unsure table on the validation split. Without
+    a validation split nothing is fitted (temperature 1) and the record says so.
+    """
+    test_logits = network_logits(model, data["x_test"])
+    before = softmax_average(test_logits)
+    record = dict(fitted=False, temperature=1.0, validation_size=len(data["x_val"]),
+                  bins=CALIBRATION_BINS)
+    after, validation = before, None
+    if len(data["x_val"]):
+        validation_logits = network_logits(model, data["x_val"])
+        temperature = fit_temperature(validation_logits, data["y_val"])
+        apply_temperature(model, temperature)
+        after = softmax_average(test_logits, temperature)
+        validation = softmax_average(validation_logits, temperature)
+        record.update(fitted=True, temperature=temperature)
+    record.update(before=calibration_figures(before, data["y_test"]),
+                  after=calibration_figures(after, data["y_test"]))
+    if validation is not None:
+        record["validation_unsure"] = unsure_table(validation, data["y_val"])
+    return record
+
+
+# Corruptions of the test set (after MNIST-C, Mu and Gilmer 2019, and Morpho-MNIST's thickening
+# and thinning, Castro et al. 2019), each at three severities. The random parts (noise, the
+# direction of a rotation or shift, where a patch goes) come from ROBUSTNESS_SEED, so every
+# model is tested on the very same images.
+CORRUPTIONS = {
+    "gaussian noise": ("sigma", (0.1, 0.2, 0.4)),     # added to 0-1 pixels, then clipped
+    "blur": ("sigma px", (0.6, 1.0, 1.5)),            # Gaussian blur
+    "rotation": ("degrees", (15, 30, 45)),            # about the centre, random sign
+    "translation": ("pixels", (2, 4, 6)),             # in a random direction
+    "scaling": ("factor", (1.25, 1.5, 2.0)),          # enlarged or shrunk by it, at random
+    "thickening": ("element", ("2x2", "3x3 cross", "3x3")),  # grey dilation
+    "thinning": ("element", ("2x2", "3x3 cross", "3x3")),    # grey erosion
+    "contrast loss": ("contrast", (0.5, 0.3, 0.15)),  # (x - mean) * c + mean
+    "occlusion": ("patch px", (6, 10, 14)),           # a blank square over the digit area
+}
+ROBUSTNESS_SEED = 2019
+STRUCTURING_ELEMENTS = {
+    "2x2": [(0, 0), (0, 1), (1, 0), (1, 1)],
+    "3x3 cross": [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)],
+    "3x3": [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
+}
+
+
+def shifted(images, dy, dx):
+    """Images moved by whole pixels, zeros coming in."""
+    out = np.zeros_like(images)
+    height, width = images.shape[1:]
+    out[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        images[:, max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return out
+
+
+def resample(images, angle, scale, shift_y, shift_x):
+    """Rotate (radians) and scale each image about its centre, then shift it; bilinear, 0 outside.
+
+    Every argument but images is one value per image.
+    """
+    count, height, width = images.shape
+    y, x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32),
+                       indexing="ij")
+    centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
+    column = lambda values: np.asarray(values, np.float32)[:, None, None]  # noqa: E731
+    cos, sin = column(np.cos(angle) / scale), column(np.sin(angle) / scale)
+    out_y = y - centre_y - column(shift_y)
+    out_x = x - centre_x - column(shift_x)
+    src_y = cos * out_y - sin * out_x + centre_y  # the inverse map: where each pixel reads
+    src_x = sin * out_y + cos * out_x + centre_x
+    y0, x0 = np.floor(src_y), np.floor(src_x)
+    first_pixel = (np.arange(count) * height * width)[:, None, None]
+    flat = images.reshape(-1)
+    out = np.zeros_like(images)
+    for yi, wy in ((y0, 1 - (src_y - y0)), (y0 + 1, src_y - y0)):
+        for xi, wx in ((x0, 1 - (src_x - x0)), (x0 + 1, src_x - x0)):
+            inside = (yi >= 0) & (yi < height) & (xi >= 0) & (xi < width)
+            index = (np.clip(yi, 0, height - 1) * width + np.clip(xi, 0, width - 1)).astype(int)
+            out += np.take(flat, first_pixel + index) * (wy * wx * inside).astype(images.dtype)
+    return out
+
+
+def corrupt(images, name, severity, seed=ROBUSTNESS_SEED):
+    """The images under corruption `name` at severity 1, 2 or 3 (0: unchanged); deterministic."""
+    return np.asarray(corrupted(images, name, severity, seed), dtype=images.dtype)
+
+
+def corrupted(images, name, severity, seed):
+    """corrupt's arithmetic, in whatever precision it comes out."""
+    if severity == 0:
+        return images
+    level = CORRUPTIONS[name][1][severity - 1]
+    rng = np.random.default_rng([seed, list(CORRUPTIONS).index(name), severity])
+    count = len(images)
+    none, ones = np.zeros(count), np.ones(count)
+    if name == "gaussian noise":
+        noisy = images + rng.normal(0, level, images.shape).astype(images.dtype)
+        return np.clip(noisy, 0, 1)
+    if name == "blur":
+        radius = int(math.ceil(3 * level))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / level) ** 2)
+        taps = (taps / taps.sum()).astype(images.dtype)
+        out = sum(tap * shifted(images, k, 0) for k, tap in zip(range(-radius, radius + 1), taps))
+        return sum(tap * shifted(out, 0, k) for k, tap in zip(range(-radius, radius + 1), taps))
+    if name == "rotation":
+        angle = np.radians(level) * rng.choice([-1, 1], count)
+        return resample(images, angle, ones, none, none)
+    if name == "translation":
+        direction = rng.uniform(0, 2 * np.pi, count)
+        return resample(images, none, ones, level * np.sin(direction), level * np.cos(direction))
+    if name == "scaling":
+        scale = np.where(rng.random(count) < 0.5, level, 1 / level)
+        return resample(images, none, scale, none, none)
+    if name in ("thickening", "thinning"):
+        pick = np.maximum if name == "thickening" else np.minimum
+        moved = [shifted(images, dy, dx) for dy, dx in STRUCTURING_ELEMENTS[level]]
+        return functools.reduce(pick, moved)
+    if name == "contrast loss":
+        mean = images.mean(axis=(1, 2), keepdims=True)
+        return (images - mean) * level + mean
+    if name == "occlusion":  # the patch lies inside the 20x20 box MNIST centres its digits in
+        out = images.copy()
+        top = rng.integers(4, 24 - level + 1, count)
+        left = rng.integers(4, 24 - level + 1, count)
+        for i in range(count):
+            out[i, top[i]:top[i] + level, left[i]:left[i] + level] = 0
+        return out
+    raise ValueError(f"unknown corruption {name!r}")
+
+
+def corrupted_accuracy(model, images, labels, name, severity):
+    """The model's accuracy on the images under one corruption at one severity."""
+    predicted = model.predict(corrupt(images, name, severity), batch_size=EVAL_BATCH_SIZE,
+                              verbose=0).argmax(axis=1)
+    return float((predicted == labels).mean())
+
+
+def robustness(model, x_test, y_test, clean_accuracy):
+    """Test accuracy under every corruption and severity: the record's 'robustness' entry."""
+    start = time.perf_counter()
+    results = {}
+    for name, (parameter, levels) in CORRUPTIONS.items():
+        accuracy = [corrupted_accuracy(model, x_test, y_test, name, severity)
+                    for severity in range(1, len(levels) + 1)]
+        results[name] = dict(parameter=parameter, levels=list(levels), accuracy=accuracy)
+    return dict(clean_accuracy=clean_accuracy, seed=ROBUSTNESS_SEED, corruptions=results,
+                mean_accuracy=float(np.mean([a for r in results.values() for a in r["accuracy"]])),
+                seconds=round(time.perf_counter() - start, 3))
+
+
+# ---------------------------------------------------------------------------
 # Reports: pictures, metrics.json, report.html, terminal summary
 # ---------------------------------------------------------------------------
 
@@ -837,6 +1118,86 @@ def plot_samples(x_train, y_train, class_names, dataset_title, path, per_class=1
     return save_figure(fig, path)
 
 
+def plot_calibration(calibration, dataset_title, path):
+    """Reliability diagrams before and after temperature scaling, with the images per bin."""
+    plt = pyplot()
+    panels = [("before", "the saved model" if calibration.get("saved_model") else "as trained")]
+    if calibration["fitted"]:
+        panels.append(("after", f"temperature {calibration['temperature']:.2f}"))
+    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 7.5), squeeze=False,
+                             sharex=True, gridspec_kw=dict(height_ratios=(3, 1)))
+    bins = calibration["bins"]
+    centres = (np.arange(bins) + 0.5) / bins
+    for column, (key, label) in enumerate(panels):
+        table = calibration[key]["reliability"]
+        accuracy = np.array([np.nan if a is None else a for a in table["accuracy"]])
+        confidence = np.array([np.nan if c is None else c for c in table["confidence"]])
+        ax, counts = axes[0, column], axes[1, column]
+        ax.bar(centres, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black",
+               color="tab:blue", label="accuracy in the bin")
+        ax.bar(centres, np.nan_to_num(confidence - accuracy), bottom=np.nan_to_num(accuracy),
+               width=1 / bins, color="tab:red", alpha=0.3, edgecolor="tab:red",
+               label="gap to the mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{label}: ECE {calibration[key]['ece']:.2%}, "
+                     f"NLL {calibration[key]['nll']:.4f}")
+        ax.legend(loc="upper left", fontsize=9)
+        counts.bar(centres, table["count"], width=1 / bins, color="grey", edgecolor="black")
+        counts.set_yscale("log")
+        counts.set_ylabel("test images")
+        counts.set_xlabel("top probability (confidence)")
+    fitted = ("temperature fitted on the validation split" if calibration["fitted"]
+              else "probabilities as saved" if calibration.get("saved_model")
+              else "no calibration fitted: no validation split")
+    fig.suptitle(f"{dataset_title} test set: reliability diagram, {bins} bins ({fitted})")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_robustness(robustness_record, dataset_title, path):
+    """Accuracy against severity, one line per corruption, the clean accuracy marked."""
+    import seaborn as sns
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 6))
+    corruptions = robustness_record["corruptions"]
+    colours = sns.color_palette("tab10", len(corruptions))
+    markers = "osD^v<>ph"
+    clean = robustness_record["clean_accuracy"]
+    for (name, result), colour, marker in zip(corruptions.items(), colours, markers):
+        values = [clean, *result["accuracy"]]
+        ax.plot(range(len(values)), [100 * v for v in values], marker=marker, color=colour,
+                label=f"{name} ({result['parameter']}: "
+                      f"{', '.join(map(str, result['levels']))})")
+    ax.axhline(100 * clean, color="black", linestyle="--", linewidth=1,
+               label=f"clean test set ({clean:.2%})")
+    ax.set_xticks(range(4), ["clean", "1", "2", "3"])
+    ax.set_xlabel("severity")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8.5, loc="lower left")
+    ax.set_title(f"{dataset_title} test set under corruptions: mean accuracy "
+                 f"{robustness_record['mean_accuracy']:.2%} over all 27")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_corruption_examples(image, dataset_title, path):
+    """One test image under every corruption and severity: what robustness.png measures."""
+    images, captions = [], []
+    for name in CORRUPTIONS:
+        for severity in range(4):
+            images.append(corrupt(image[None], name, severity)[0])
+            captions.append(f"{name}\n{'clean' if severity == 0 else f'severity {severity}'}")
+    return plot_digit_grid(np.stack(images), captions,
+                           f"{dataset_title}: the corruptions of robustness.png, on one test image",
+                           path, columns=12)
+
+
 def per_class_rows(scores, class_names):
     """Per-class precision, recall, F1 and support as JSON-ready dicts."""
     return [dict(label=class_names[i], precision=float(scores["precision"][i]),
@@ -930,6 +1291,20 @@ def write_html_report(path, record, images):
             ("class", "precision", "recall", "F1", "support"),
             [(html.escape(row["label"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}",
               f"{row['f1']:.4f}", row["support"]) for row in record["per_class"]]))
+    if "calibration" in record:
+        sections.append("<h2>Calibration (test set)</h2>" + calibration_html(record["calibration"]))
+    if "robustness" in record:
+        robust = record["robustness"]
+        sections.append(
+            f"<h2>Robustness: test accuracy under corruptions</h2><p>Clean test set: "
+            f"{robust['clean_accuracy']:.2%}; mean over the 27 corrupted sets: "
+            f'<b id="robustness-mean">{robust["mean_accuracy"]:.2%}</b> (seed {robust["seed"]}; '
+            f"definitions in the README, section \"Can I trust an answer?\").</p>" + html_table(
+                ("corruption", "parameter", "severity 1", "severity 2", "severity 3"),
+                [(html.escape(name), html.escape(result["parameter"]), *(
+                    f"{accuracy:.2%} <small>({html.escape(str(level))})</small>"
+                    for level, accuracy in zip(result["levels"], result["accuracy"])))
+                 for name, result in robust["corruptions"].items()]))
     if "comparison" in record:
         sections.append("<h2>Architectures compared (mean ± std over seeds)</h2>" + html_table(
             ("hidden layers", "parameters", "runs", "validation accuracy", "test accuracy",
@@ -965,12 +1340,44 @@ figure {{ margin: 1.5em 0; }}
     return write_text(path, page)
 
 
+def calibration_html(calibration):
+    """The calibration section of report.html: ECE and NLL before and after, the unsure table."""
+    if calibration.get("saved_model"):
+        rows = [("the saved model's probabilities", calibration["before"])]
+        intro = "The saved model's probabilities as they are, against its test-set accuracy."
+    elif calibration["fitted"]:
+        rows = [("as trained", calibration["before"]),
+                (f"calibrated (temperature {calibration['temperature']:.3f})",
+                 calibration["after"])]
+        intro = (f"Temperature scaling fitted on the {calibration['validation_size']:,} "
+                 f"validation images (no test image used); model.keras holds it.")
+    else:
+        rows = [("as trained", calibration["before"])]
+        intro = "No calibration fitted: the run had no validation split (--validation-split 0)."
+    page = f"<p>{intro}</p>" + html_table(
+        ("probabilities", f"ECE ({calibration['bins']} bins)", "NLL"),
+        [(html.escape(label), f"{figures['ece']:.3%}", f"{figures['nll']:.4f}")
+         for label, figures in rows])
+    if calibration.get("validation_unsure"):
+        page += ("<p>Answers below --min-confidence are marked unsure by --predict "
+                 f"(default {MIN_CONFIDENCE:g}). On the validation split:</p>" + html_table(
+                     ("--min-confidence", "unsure answers", "sure answers right",
+                      "unsure answers right"),
+                     [(f"{row['min_confidence']:g}", f"{row['unsure_share']:.2%}",
+                       "n/a" if row["sure_accuracy"] is None else f"{row['sure_accuracy']:.2%}",
+                       "n/a" if row["unsure_accuracy"] is None
+                       else f"{row['unsure_accuracy']:.2%}")
+                      for row in calibration["validation_unsure"]]))
+    return page
+
+
 def percent_spread(mean, std):
     """Mean ± std as percentages, or n/a."""
     return "n/a" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def draw_pictures(output_dir, data, scores, config, training):
+def draw_pictures(output_dir, data, scores, config, training, calibration=None,
+                  robustness_record=None):
     """Every picture of one evaluated model; returns their paths in page order."""
     output_dir = Path(output_dir)
     class_names, title = DATASETS[config.dataset]["classes"], DATASETS[config.dataset]["title"]
@@ -989,6 +1396,12 @@ def draw_pictures(output_dir, data, scores, config, training):
     plot_misclassified(data["x_test"], data["y_test"], scores, class_names, title,
                        output_dir / "misclassified.png")
     images.append(output_dir / "misclassified.png")
+    if calibration:
+        images.append(plot_calibration(calibration, title, output_dir / "calibration.png"))
+    if robustness_record:
+        images.append(plot_robustness(robustness_record, title, output_dir / "robustness.png"))
+        images.append(plot_corruption_examples(data["x_test"][0], title,
+                                               output_dir / "corruptions.png"))
     images.append(plot_samples(data["x_train"], data["y_train"], class_names, title,
                                output_dir / "samples.png", seed=config.seed))
     return images
@@ -1021,6 +1434,22 @@ def print_summary(record, paths, quiet):
     if pairs:
         print("most frequent confusions: " + "; ".join(
             f"{truth} taken for {predicted}: {times} times" for truth, predicted, times in pairs))
+    calibration, robust = record.get("calibration"), record.get("robustness")
+    if calibration and calibration["fitted"]:
+        print(f"calibration: temperature {calibration['temperature']:.3f} fitted on the "
+              f"validation split; test ECE {calibration['before']['ece']:.3%} -> "
+              f"{calibration['after']['ece']:.3%}, NLL {calibration['before']['nll']:.4f} -> "
+              f"{calibration['after']['nll']:.4f}")
+    elif calibration:
+        what = "" if calibration.get("saved_model") else "none fitted (no validation split); "
+        print(f"calibration: {what}test ECE {calibration['before']['ece']:.3%}, NLL {calibration['before']['nll']:.4f}")
+    if robust:
+        worst = min(((name, level, accuracy) for name, result in robust["corruptions"].items()
+                     for level, accuracy in zip(result["levels"], result["accuracy"])),
+                    key=lambda item: item[2])
+        print(f"robustness: mean accuracy {robust['mean_accuracy']:.2%} over 27 corrupted test "
+              f"sets (clean {robust['clean_accuracy']:.2%}); hardest: {worst[0]} "
+              f"({worst[1]}) {worst[2]:.2%}")
     print("\nwrote:")
     for path in paths:
         print(f"  {Path(path).resolve()}")
@@ -1115,10 +1544,11 @@ def new_model(config, train_count):
 
 
 def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, callbacks=()):
-    """The pipeline every mode runs: build (or resume), train, strip, evaluate on the test set.
+    """The pipeline every mode runs: build (or resume), train, strip, calibrate, evaluate.
 
-    Returns plain values: the training model, the inference model (what model.keras holds),
-    the training record (history, seconds, whether interrupted) and the test scores.
+    Returns plain values: the training model, the inference model (what model.keras holds,
+    its probabilities calibrated), the training record (history, seconds, whether
+    interrupted), the calibration record and the test scores.
     """
     model, initial_epoch, history = resumed or (new_model(config, len(data["x_train"])), 0, [])
     if not config.quiet:
@@ -1126,10 +1556,11 @@ def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, cal
     training = train(model, data, config, signals, output_dir, initial_epoch, history, callbacks)
     start = time.perf_counter()
     final = inference_model(model)
+    calibration = calibrate(final, data)
     scores = evaluate(final, data["x_test"], data["y_test"])
     training["evaluate_seconds"] = time.perf_counter() - start
     return dict(model=model, final=final, training=training, scores=scores,
-                parameters=int(final.count_params()))
+                calibration=calibration, parameters=int(final.count_params()))
 
 
 def run_figures(result, seed):
@@ -1184,7 +1615,8 @@ def member_accuracies(final, data):
 
 
 def build_record(config, dataset_info, scores=None, *, training=None, model=None,
-                 timing=None, repeats=None, members=None, comparison=None, model_path=None):
+                 timing=None, repeats=None, members=None, comparison=None, model_path=None,
+                 calibration=None, robustness=None):
     """The run's one record, what metrics.json holds and every report is rendered from.
 
     Built once, when every figure is known: the test scores, the training history and
@@ -1219,6 +1651,10 @@ def build_record(config, dataset_info, scores=None, *, training=None, model=None
         record["repeats"] = repeats
     if comparison is not None:
         record["comparison"] = comparison
+    if calibration is not None:
+        record["calibration"] = calibration
+    if robustness is not None:
+        record["robustness"] = robustness
     record.update(timing=timing or {}, versions=versions())
     return record
 
@@ -1244,6 +1680,7 @@ def run_training(config):
     with StopSignals() as signals:
         result = train_and_evaluate(config, data, signals, output_dir, resumed)
     training, final, scores = result["training"], result["final"], result["scores"]
+    calibration = result["calibration"]
     timing["train_seconds"] = round(training["seconds"], 3)
     timing["samples_per_second"] = (round(training["samples_per_second"], 1)
                                     if training["samples_per_second"] else None)
@@ -1258,8 +1695,10 @@ def run_training(config):
         start = time.perf_counter()
         write_atomically(output_dir / "model.keras", lambda tmp: final.save(tmp))
         timing["save_seconds"] = round(time.perf_counter() - start, 3)
+        robust = robustness(final, data["x_test"], data["y_test"], scores["test_accuracy"])
+        timing["robustness_seconds"] = robust["seconds"]
         start = time.perf_counter()
-        images = draw_pictures(output_dir, data, scores, config, training)
+        images = draw_pictures(output_dir, data, scores, config, training, calibration, robust)
         timing["report_seconds"] = round(time.perf_counter() - start, 3)
     members = member_accuracies(final, data) if config.committee > 1 else None
     if members:
@@ -1271,7 +1710,8 @@ def run_training(config):
     with StopSignals():
         timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
         record = build_record(config, dataset_info, scores, training=training, model=final,
-                              timing=timing, repeats=repeats, members=members)
+                              timing=timing, repeats=repeats, members=members,
+                              calibration=calibration, robustness=robust)
         written = [*images, write_html_report(output_dir / "report.html", record, images),
                    write_json(output_dir / "metrics.json", record)]
         if not training["interrupted"]:
@@ -1479,15 +1919,23 @@ def run_evaluation(config, model_path):
     if trained_on != config.dataset:
         raise RunError(f"{model_path}: trained on {trained_on}; pass --dataset {trained_on}")
     start = time.perf_counter()
-    scores = evaluate(model, data["x_test"], data["y_test"])
+    probabilities = model.predict(data["x_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+    scores = score(probabilities, data["y_test"])
     timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
+    # The saved model's probabilities as they are (calibrated when training fitted a
+    # temperature): how well they match its accuracy on this test set.
+    calibration = dict(saved_model=True, fitted=False, bins=CALIBRATION_BINS,
+                       before=calibration_figures(probabilities, data["y_test"]))
+    robust = robustness(model, data["x_test"], data["y_test"], scores["test_accuracy"])
+    timing["robustness_seconds"] = robust["seconds"]
     with StopSignals():
         start = time.perf_counter()
-        images = draw_pictures(output_dir, data, scores, config, training=None)
+        images = draw_pictures(output_dir, data, scores, config, None, calibration, robust)
         timing["report_seconds"] = round(time.perf_counter() - start, 3)
         timing["total_seconds"] = round(time.perf_counter() - total_start, 3)
         record = build_record(config, dataset_info, scores, model=model, timing=timing,
-                              model_path=model_path)
+                              model_path=model_path, calibration=calibration,
+                              robustness=robust)
         written = [*images, write_html_report(output_dir / "report.html", record, images),
                    write_json(output_dir / "metrics.json", record)]
     print_summary(record, written, config.quiet)
@@ -1574,8 +2022,11 @@ def to_mnist_format(gray):
     return field
 
 
-def run_prediction(config, model_path, image_paths, as_json):
-    """Classify image files with a saved model; one line each, plus predictions.png."""
+def run_prediction(config, model_path, image_paths, as_json, min_confidence=MIN_CONFIDENCE):
+    """Classify image files with a saved model; one line each, plus predictions.png.
+
+    An answer whose (calibrated) top probability is below min_confidence is marked unsure.
+    """
     require_model_file(model_path)
     output_dir = prepare_output_dir(config.output_dir)
     setup_keras(config)
@@ -1591,24 +2042,31 @@ def run_prediction(config, model_path, image_paths, as_json):
             failures += 1
     if images:
         probabilities = model.predict(np.stack(images), batch_size=EVAL_BATCH_SIZE, verbose=0)
-        captions = []
+        captions, colours = [], []
         for path, p in zip(names, probabilities):
             ranked = np.argsort(-p)[:3]
             best = ranked[0]
+            unsure = bool(p[best] < min_confidence)
             name = Path(path).name
             name = name if len(name) <= 20 else f"{name[:9]}…{name[-9:]}"
-            captions.append(f"{name}\n{class_names[best]} ({p[best]:.0%})")
+            captions.append(f"{name}\n{class_names[best]} ({p[best]:.0%})"
+                            + (" unsure" if unsure else ""))
+            colours.append("tab:red" if unsure else "black")
             if as_json:
                 print(json.dumps(dict(
                     file=str(path), prediction=class_names[best], probability=float(p[best]),
+                    unsure=unsure,
                     candidates=[dict(label=class_names[i], probability=float(p[i]))
                                 for i in ranked[1:]])))
             else:
                 others = ", ".join(f"{class_names[i]} ({p[i]:.1%})" for i in ranked[1:])
-                print(f"{path}: {class_names[best]} ({p[best]:.1%})  next: {others}")
+                print(f"{path}: {class_names[best]} ({p[best]:.1%})"
+                      f"{'  UNSURE' if unsure else ''}  next: {others}")
         plot_digit_grid(np.stack(images), captions,
-                        "Your images as the model saw them, with its prediction",
-                        output_dir / "predictions.png", columns=min(6, len(images)))
+                        f"Your images as the model saw them, with its prediction "
+                        f"(unsure, in red: below {min_confidence:.0%})",
+                        output_dir / "predictions.png", columns=min(6, len(images)),
+                        caption_colours=colours)
         if not as_json and not config.quiet:
             print(f"wrote {output_dir / 'predictions.png'}")
     return 1 if failures else 0
@@ -1733,6 +2191,7 @@ positive_int = checked(int, lambda v: v >= 1, "an integer of at least 1")
 nonnegative_int = checked(int, lambda v: v >= 0, "an integer of at least 0")
 positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number above 0")
 fraction = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+probability = checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def hidden_spec(text):
@@ -1836,6 +2295,10 @@ def build_parser():
                              "(default: OUTPUT_DIR/model.keras)")
     output.add_argument("--json", action="store_true",
                         help="with --predict, print one JSON object per image")
+    output.add_argument("--min-confidence", type=probability, metavar="P",
+                        help="with --predict, mark answers whose calibrated top probability is "
+                             f"below P as unsure (default: {MIN_CONFIDENCE:g}; report.html shows "
+                             "what each level means on the validation split)")
     output.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -1854,6 +2317,7 @@ def parse_command_line(argv=None):
 
     if mode != "predict":
         refuse("json", "only with --predict")
+        refuse("min_confidence", "only with --predict")
     if mode not in ("predict", "evaluate"):
         refuse("model", "only with --predict or --evaluate")
     if mode != "train":
@@ -1886,6 +2350,7 @@ def parse_command_line(argv=None):
         parser.error("argument --resume: not with --repeats")
     options = dict(specs=args.get("compare"), images=args.get("predict"),
                    json=args.get("json", False),
+                   min_confidence=args.get("min_confidence", MIN_CONFIDENCE),
                    model=args.get("model", str(Path(args.get("output_dir", Config.output_dir))
                                                / "model.keras")))
     return mode, config, options
@@ -1896,7 +2361,8 @@ def main(argv=None):
     mode, config, options = parse_command_line(argv)
     try:
         if mode == "predict":
-            return run_prediction(config, options["model"], options["images"], options["json"])
+            return run_prediction(config, options["model"], options["images"], options["json"],
+                                  options["min_confidence"])
         if mode == "evaluate":
             return run_evaluation(config, options["model"])
         if mode == "compare":

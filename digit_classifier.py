@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import signal
 import sys
 import textwrap
@@ -110,6 +111,26 @@ def format_hidden(hidden):
 
 class RunError(Exception):
     """A failure the user can act on: reported as one line, exit status 1."""
+
+    status = 1
+
+
+class UsageError(RunError):
+    """Flags that cannot work with the data they were given: one line, exit status 2."""
+
+    status = 2
+
+
+def suggested_command(config, *flags):
+    """A command line for a message to suggest, repeating the user's own data and output flags."""
+    parts = ["python digit_classifier.py"]
+    if config.dataset != Config.dataset:
+        parts += ["--dataset", config.dataset]
+    if config.data_dir is not None:
+        parts += ["--data-dir", shlex.quote(str(config.data_dir))]
+    if config.output_dir != Config.output_dir:
+        parts += ["--output-dir", shlex.quote(str(config.output_dir))]
+    return " ".join(parts + list(flags))
 
 
 # ---------------------------------------------------------------------------
@@ -205,12 +226,59 @@ def download_dataset(dataset):
     loader = keras.datasets.mnist if dataset == "mnist" else keras.datasets.fashion_mnist
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
-    except Exception as err:  # Keras wraps network failures in several exception types
-        raise RunError(f"could not download {DATASETS[dataset]['title']} and no cached copy "
-                       f"exists ({type(err).__name__}); pass --data-dir DIR with the four IDX "
-                       f"files or an mnist.npz") from None
+    except Exception as err:  # Keras wraps network failures in a bare Exception
+        raise RunError(f"could not download {DATASETS[dataset]['title']}: {download_failure(err)}; "
+                       f"without a network, pass --data-dir DIR holding its four IDX files "
+                       f"(README, Usage: Offline)") from None
     arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return arrays, {key: f"keras.datasets.{loader.__name__.rsplit('.', 1)[-1]}" for key in arrays}
+
+
+def download_failure(err):
+    """The real cause of a failed download, from the exception Keras raised and its context."""
+    import urllib.error
+
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for cause in chain:
+        if isinstance(cause, urllib.error.HTTPError):
+            return f"the server answered HTTP {cause.code} {cause.msg}".rstrip()
+        if isinstance(cause, urllib.error.URLError):
+            reason = cause.reason
+            if isinstance(reason, TimeoutError):
+                return f"the connection timed out ({reason})"
+            return f"no network connection ({getattr(reason, 'strerror', None) or reason})"
+        if isinstance(cause, TimeoutError):
+            return f"the connection timed out ({cause})"
+        if isinstance(cause, ValueError) and "hash" in str(cause):
+            return ("the downloaded file failed its checksum (incomplete or corrupted); "
+                    "it was deleted, try again")
+    message = str(chain[0]).splitlines()[0] if str(chain[0]) else ""
+    return f"{type(chain[0]).__name__}: {message}" if message else type(chain[0]).__name__
+
+
+# The official files, recognised whatever their format (gzip or plain IDX, .npz, Keras' cache):
+# MNIST by a checksum of its 70,000 labels; Fashion-MNIST by what sets it apart, 6,000
+# training and 1,000 test images of every class and a mean pixel of 0.2860 (MNIST: 0.1307).
+MNIST_LABELS_SHA256 = "671ff9d70b4811116d55c3dd479efa7a981e2e62753ef7a6d5c15fea81e63d27"
+FASHION_MNIST_MEAN_PIXEL = 0.2860
+
+
+def recognise_dataset(arrays):
+    """'mnist' or 'fashion-mnist' for the official data sets, None for any other data."""
+    import hashlib
+
+    labels = np.concatenate([arrays["y_train"], arrays["y_test"]]).astype(np.uint8)
+    if hashlib.sha256(labels.tobytes()).hexdigest() == MNIST_LABELS_SHA256:
+        return "mnist"
+    balanced = (len(arrays["y_train"]) == 60000 and len(arrays["y_test"]) == 10000
+                and (np.bincount(arrays["y_train"], minlength=NUM_CLASSES) == 6000).all()
+                and (np.bincount(arrays["y_test"], minlength=NUM_CLASSES) == 1000).all())
+    if balanced and abs(arrays["x_train"].mean() / 255 - FASHION_MNIST_MEAN_PIXEL) < 0.002:
+        return "fashion-mnist"
+    return None
 
 
 def validate_arrays(arrays, sources):
@@ -241,6 +309,11 @@ def load_dataset(dataset, data_dir):
     else:
         arrays, sources = read_data_dir(data_dir, dataset)
     validate_arrays(arrays, sources)
+    recognised = recognise_dataset(arrays)
+    if recognised is not None and recognised != dataset:
+        where = data_dir if data_dir is not None else sources["x_train"]
+        raise UsageError(f"--dataset {dataset}: {where} holds the official "
+                         f"{DATASETS[recognised]['title']} data; pass --dataset {recognised}")
     arrays["y_train"] = arrays["y_train"].astype(np.int32)
     arrays["y_test"] = arrays["y_test"].astype(np.int32)
     source = str(Path(data_dir).resolve()) if data_dir else sources["x_train"]
@@ -248,12 +321,17 @@ def load_dataset(dataset, data_dir):
 
 
 def check_training_size(train_count, config):
-    """Refuse a split that leaves fewer training images than one batch (or none)."""
+    """Refuse a batch larger than the training split (a usage error, exit 2; never clamped)."""
     kept = train_count - int(round(train_count * config.validation_split))
-    if kept < config.batch_size:
-        raise RunError(f"--validation-split {config.validation_split:g} leaves {kept} of "
-                       f"{train_count} training images, fewer than one batch of "
-                       f"{config.batch_size}; lower --validation-split or --batch-size")
+    if kept >= config.batch_size:
+        return
+    if config.batch_size > train_count:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the {kept:,} training "
+                         f"images (of {train_count:,}, --validation-split "
+                         f"{config.validation_split:g} held out); choose at most {kept}")
+    raise UsageError(f"--validation-split {config.validation_split:g} leaves {kept} of "
+                     f"{train_count} training images, fewer than one batch of "
+                     f"{config.batch_size}; lower --validation-split or --batch-size")
 
 
 def split_and_scale(arrays, validation_split, seed):
@@ -320,6 +398,71 @@ def committee_labels(labels, model):
     """Labels shaped for the model's output: one copy per committee member."""
     members = model.output_shape[1] if len(model.output_shape) == 3 else 1
     return labels if members == 1 else np.repeat(labels[:, None], members, axis=1)
+
+
+def parameter_count(hidden, committee=1):
+    """Weights and biases of build_model's network, counted without building it."""
+    widths = [math.prod(IMAGE_SHAPE), *hidden, NUM_CLASSES]
+    return committee * sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+
+
+# What training holds in memory, by this script's accounting (README, "Guard rails"): per
+# weight its value, its gradient and Adam's two moments; per unit and image of a batch the
+# pre-activation, the activation, the dropout mask and the gradient; the images as float32,
+# twice (the arrays and Keras' copy); and the framework itself.
+BYTES_PER_WEIGHT = 4 * 4
+BYTES_PER_ACTIVATION = 4 * 4
+FRAMEWORK_BYTES = 800 * 2 ** 20  # TensorFlow and Keras loaded, before any model: about 0.8 GB
+TRAINING_IMAGES = 60000  # both data sets; an estimate made before the data is read
+
+
+def training_memory(config, specs=None):
+    """Estimated peak bytes of training config (each of specs' hidden layers, the largest)."""
+    def estimate(hidden):
+        weights = parameter_count(hidden, config.committee)
+        batch = max(config.batch_size, EVAL_BATCH_SIZE)
+        units = config.committee * (math.prod(IMAGE_SHAPE) + sum(hidden) + NUM_CLASSES)
+        images = 2 * 4 * math.prod(IMAGE_SHAPE) * (TRAINING_IMAGES + 10000)
+        return (weights * BYTES_PER_WEIGHT + batch * units * BYTES_PER_ACTIVATION + images
+                + FRAMEWORK_BYTES), weights
+    return max(estimate(tuple(hidden)) for hidden in (specs or [config.hidden]))
+
+
+def available_memory():
+    """Bytes this process can still use: the system's available memory, or a container's
+    (cgroup) limit less its usage, whichever is smaller; None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes",
+                                    "memory/memory.usage_in_bytes")):
+        try:
+            limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
+            usage = Path("/sys/fs/cgroup", usage_file).read_text().strip()
+            if limit.isdigit() and int(limit) < 2 ** 60:
+                found.append(int(limit) - int(usage))
+        except (OSError, ValueError):
+            pass
+    return min(found) if found else None
+
+
+def check_memory(config, specs=None):
+    """Refuse, before TensorFlow is even imported, a model whose training cannot fit in memory."""
+    needed, weights = training_memory(config, specs)
+    available = available_memory()
+    if available is not None and needed > available:
+        what = ("--hidden " + " ".join(map(str, config.hidden)) if not specs
+                else "the largest --compare SPEC")
+        raise RunError(f"{what} needs about {needed / 2 ** 30:.1f} GiB of memory to train "
+                       f"({weights:,} weights, with gradients and Adam's state), but only "
+                       f"{available / 2 ** 30:.1f} GiB is available; use narrower or fewer "
+                       f"layers, or a smaller --committee")
+    return needed, weights
 
 
 def inference_model(model):
@@ -436,19 +579,80 @@ def write_history_csv(path, rows):
                      rows)
 
 
-def prepare_output_dir(path):
-    """Create the output directory and prove it writable before any training starts."""
+# Directories this process created, removed again if the run fails before writing a result.
+CREATED_DIRS = []
+LOCK_NAME = ".digit_classifier.lock"
+HELD_LOCKS = {}  # resolved output directory -> (its open, locked lock file, whether new)
+
+
+def prepare_output_dir(path, lock=False, what="run"):
+    """Create the output directory, lock it for this run if asked, and prove it writable.
+
+    All before any training starts, and before anything in the directory is touched.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunError(f"--output-dir {path}: exists and is not a directory")
     try:
+        missing = [parent for parent in (path, *path.parents) if not parent.exists()]
         path.mkdir(parents=True, exist_ok=True)
+        CREATED_DIRS.extend(missing)
+        if lock:
+            lock_output_dir(path, what)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
         raise RunError(f"--output-dir {path}: not writable ({err.strerror})") from None
     return path.resolve()
+
+
+def lock_output_dir(path, what):
+    """Hold an OS lock on the directory's lock file for the life of this process.
+
+    The operating system releases it when the process ends, however it ends, so a killed run
+    leaves no stale lock. A second run finds it held and stops before touching anything.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; runs are not guarded there
+        return
+    key = Path(path).resolve()
+    if key in HELD_LOCKS:
+        return
+    created = not (key / LOCK_NAME).exists()
+    handle = open(key / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunError(f"--output-dir {path} is in use by {holder}; wait for it to finish, "
+                       f"or pass another --output-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} ({what} started "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    handle.flush()
+    HELD_LOCKS[key] = (handle, created)
+
+
+def release_output_dirs(failed):
+    """Drop this process's locks. After a failure, take back what the run added before it
+    wrote any result: a lock file it created, and the directories it created, if empty."""
+    for key, (handle, created) in list(HELD_LOCKS.items()):
+        if failed and created:
+            (key / LOCK_NAME).unlink(missing_ok=True)
+        handle.close()
+        del HELD_LOCKS[key]
+    if failed:
+        for directory in CREATED_DIRS:  # deepest first; non-empty ones stay
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+    CREATED_DIRS.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -957,15 +1161,13 @@ def corrupted_accuracy(model, images, labels, name, severity):
 
 def robustness(model, x_test, y_test, clean_accuracy):
     """Test accuracy under every corruption and severity: the record's 'robustness' entry."""
-    start = time.perf_counter()
     results = {}
     for name, (parameter, levels) in CORRUPTIONS.items():
         accuracy = [corrupted_accuracy(model, x_test, y_test, name, severity)
                     for severity in range(1, len(levels) + 1)]
         results[name] = dict(parameter=parameter, levels=list(levels), accuracy=accuracy)
     return dict(clean_accuracy=clean_accuracy, seed=ROBUSTNESS_SEED, corruptions=results,
-                mean_accuracy=float(np.mean([a for r in results.values() for a in r["accuracy"]])),
-                seconds=round(time.perf_counter() - start, 3))
+                mean_accuracy=float(np.mean([a for r in results.values() for a in r["accuracy"]])))
 
 
 # ---------------------------------------------------------------------------
@@ -1662,7 +1864,8 @@ def build_record(config, dataset_info, scores=None, *, training=None, model=None
 def run_training(config):
     """Load data, train, evaluate, and write every report. Returns the exit status."""
     total_start = time.perf_counter()
-    output_dir = prepare_output_dir(config.output_dir)
+    needed, weights = check_memory(config)
+    output_dir = prepare_output_dir(config.output_dir, lock=True, what="training")
     checkpoint = Checkpoint(output_dir)
     if checkpoint.exists() and not config.resume:
         done = checkpoint.read_state().get("epochs_done", "?")
@@ -1676,6 +1879,9 @@ def run_training(config):
                     f"{config.epochs} epochs done")
     elif config.resume:
         say(config, f"no checkpoint in {checkpoint.directory}; starting from scratch")
+    if resumed is None:
+        say(config, f"building the model: {weights:,} weights, about {needed / 2 ** 30:.1f} GiB "
+                    f"of memory to train")
 
     with StopSignals() as signals:
         result = train_and_evaluate(config, data, signals, output_dir, resumed)
@@ -1695,8 +1901,9 @@ def run_training(config):
         start = time.perf_counter()
         write_atomically(output_dir / "model.keras", lambda tmp: final.save(tmp))
         timing["save_seconds"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
         robust = robustness(final, data["x_test"], data["y_test"], scores["test_accuracy"])
-        timing["robustness_seconds"] = robust["seconds"]
+        timing["robustness_seconds"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         images = draw_pictures(output_dir, data, scores, config, training, calibration, robust)
         timing["report_seconds"] = round(time.perf_counter() - start, 3)
@@ -1874,30 +2081,50 @@ INK_THRESHOLD = 0.25  # fraction of the strongest ink below which a pixel counts
 MIN_INK_CONTRAST = 0.12  # weaker contrast than this between ink and paper means a blank image
 
 
-TRAIN_FIRST = "train one first: python digit_classifier.py"
+def train_first(config, model_path):
+    """What to run to make the missing model, with the user's own data and output flags."""
+    output_dir = str(Path(model_path).parent)
+    return "train one first: " + suggested_command(
+        dataclasses.replace(config, output_dir=output_dir))
 
 
-def require_model_file(path):
+def require_model_file(path, config):
     """Fail before any slow import when the saved model is not there."""
     if not Path(path).is_file():
-        raise RunError(f"{path}: no saved model there; {TRAIN_FIRST}")
+        raise RunError(f"{path}: no saved model there; {train_first(config, path)}")
 
 
-def load_saved_model(path):
+def load_saved_model(path, config):
     """Load a model this script saved, checking it takes 28x28 images and gives 10 classes."""
     path = Path(path)
-    require_model_file(path)
+    require_model_file(path, config)
     import keras
 
     try:
         model = keras.models.load_model(path)
     except Exception as err:  # Keras raises many types for files that are not its models
-        raise RunError(f"{path}: not a loadable Keras model ({type(err).__name__}); {TRAIN_FIRST}") from None
+        raise RunError(f"{path}: not a loadable Keras model ({type(err).__name__}); "
+                       f"{train_first(config, path)}") from None
     input_shape, output_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
     if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
         raise RunError(f"{path}: model maps {input_shape} to {output_shape}, not 28x28 images "
-                       f"to 10 classes; {TRAIN_FIRST}")
+                       f"to 10 classes; {train_first(config, path)}")
     return model
+
+
+def recorded_data(model_path):
+    """The dataset and data directory of the run that saved model_path (its metrics.json
+    beside it), or None when there is no readable record."""
+    try:
+        record = json.loads((Path(model_path).parent / "metrics.json").read_text())
+        dataset, data_dir = record["config"]["dataset"], record["config"]["data_dir"]
+        if dataset not in DATASETS:
+            return None
+        if data_dir is not None:
+            data_dir = record["dataset"]["source"]  # resolved when the run read it
+        return dict(dataset=dataset, data_dir=data_dir)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def model_dataset(model):
@@ -1911,10 +2138,10 @@ def model_dataset(model):
 def run_evaluation(config, model_path):
     """Evaluate a saved model on the test set and write the same reports as training."""
     total_start = time.perf_counter()
-    require_model_file(model_path)
-    output_dir = prepare_output_dir(config.output_dir)
+    require_model_file(model_path, config)
+    output_dir = prepare_output_dir(config.output_dir, lock=True, what="evaluation")
     data, dataset_info, timing = load_data_and_backend(config, training=False)
-    model = load_saved_model(model_path)
+    model = load_saved_model(model_path, config)
     trained_on = model_dataset(model)
     if trained_on != config.dataset:
         raise RunError(f"{model_path}: trained on {trained_on}; pass --dataset {trained_on}")
@@ -1926,8 +2153,9 @@ def run_evaluation(config, model_path):
     # temperature): how well they match its accuracy on this test set.
     calibration = dict(saved_model=True, fitted=False, bins=CALIBRATION_BINS,
                        before=calibration_figures(probabilities, data["y_test"]))
+    start = time.perf_counter()
     robust = robustness(model, data["x_test"], data["y_test"], scores["test_accuracy"])
-    timing["robustness_seconds"] = robust["seconds"]
+    timing["robustness_seconds"] = round(time.perf_counter() - start, 3)
     with StopSignals():
         start = time.perf_counter()
         images = draw_pictures(output_dir, data, scores, config, None, calibration, robust)
@@ -2027,10 +2255,10 @@ def run_prediction(config, model_path, image_paths, as_json, min_confidence=MIN_
 
     An answer whose (calibrated) top probability is below min_confidence is marked unsure.
     """
-    require_model_file(model_path)
+    require_model_file(model_path, config)
     output_dir = prepare_output_dir(config.output_dir)
     setup_keras(config)
-    model = load_saved_model(model_path)
+    model = load_saved_model(model_path, config)
     class_names = DATASETS[model_dataset(model)]["classes"]
     images, names, failures = [], [], 0
     for path in image_paths:
@@ -2126,7 +2354,8 @@ def write_comparison(output_dir, rows, dataset_title):
 def run_comparison(config, specs):
     """Train every architecture with the same data split and settings, repeats times each."""
     total_start = time.perf_counter()
-    output_dir = prepare_output_dir(config.output_dir)
+    check_memory(config, specs)
+    output_dir = prepare_output_dir(config.output_dir, lock=True, what="comparison")
     data, dataset_info, timing = load_data_and_backend(config)
     rows = []
     with StopSignals() as signals:
@@ -2336,6 +2565,12 @@ def parse_command_line(argv=None):
         values["hidden"] = tuple(values["hidden"])
     if values.get("augment") == "none":
         values["augment"] = None
+    model_path = args.get("model", str(Path(args.get("output_dir", Config.output_dir))
+                                       / "model.keras"))
+    recorded = None
+    if mode == "evaluate" and "data_dir" not in args and "dataset" not in args:
+        recorded = recorded_data(model_path)  # the data the model was trained and tested on
+        values.update(recorded or {})
     if mode == "evaluate" and "output_dir" not in args:
         values["output_dir"] = str(Path(Config.output_dir) / "evaluation")
     config = Config(**values)
@@ -2351,26 +2586,32 @@ def parse_command_line(argv=None):
     options = dict(specs=args.get("compare"), images=args.get("predict"),
                    json=args.get("json", False),
                    min_confidence=args.get("min_confidence", MIN_CONFIDENCE),
-                   model=args.get("model", str(Path(args.get("output_dir", Config.output_dir))
-                                               / "model.keras")))
+                   model=model_path, recorded=recorded)
     return mode, config, options
 
 
 def main(argv=None):
     """Parse the command line, run the chosen mode, and turn failures into exit statuses."""
     mode, config, options = parse_command_line(argv)
+    failed = True
     try:
         if mode == "predict":
-            return run_prediction(config, options["model"], options["images"], options["json"],
-                                  options["min_confidence"])
-        if mode == "evaluate":
-            return run_evaluation(config, options["model"])
-        if mode == "compare":
-            return run_comparison(config, options["specs"])
-        return run_training(config)
+            status = run_prediction(config, options["model"], options["images"],
+                                    options["json"], options["min_confidence"])
+        elif mode == "evaluate":
+            if options["recorded"] and not config.quiet:
+                print(f"data: {config.data_dir or 'the Keras download'} ({config.dataset}), "
+                      f"as recorded by the run that saved {options['model']}")
+            status = run_evaluation(config, options["model"])
+        elif mode == "compare":
+            status = run_comparison(config, options["specs"])
+        else:
+            status = run_training(config)
+        failed = False
+        return status
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.status
     except OSError as err:  # output that cannot be written: full disk, permissions
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}", file=sys.stderr)
@@ -2378,6 +2619,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        # A run that failed before writing any result leaves no directory it created behind.
+        release_output_dirs(failed)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ training loops, not data augmentation):
 - plain: Keras' default `fit` settings, batch 32, one step per call, Adam 1e-3 constant;
 - ours:  the script's default training settings (batch size, steps per execution, learning
          rate and schedule, epochs) from digit_classifier.Config, on TensorFlow;
-- jax:   the same as ours on Keras' JAX backend (only with --jax; needs `pip install jax`).
+- jax:   the same as ours on Keras' JAX backend (only with --jax; needs `pip install jax`);
+- torch: the loop an expert would write in PyTorch, the pytorch/examples way: the same
+         network in nn.Sequential, torch.optim.Adam with ours' learning rate and schedule
+         (cosine annealing stepped every batch), ours' batch size and epochs, the training
+         images as one tensor in memory, a fresh torch.randperm index per epoch, and
+         zero_grad/backward/step (skipped with a reason where PyTorch is not installed;
+         `pip install torch`). Threads: PyTorch's default (one per physical core); Keras'
+         runners use TensorFlow's and XLA's defaults (one per logical core).
 
 Each run is its own process, so each has its own peak memory; runs alternate plain/ours so
 that a noisy machine slows both alike. The script prints medians and the ratio of ours to
@@ -18,6 +25,11 @@ reaches the target (checked after every epoch, off the training clock; a benchma
 at the test set, the training never does). The default target, 97.5%, is one that the
 seeds' network reaches on full MNIST with either recipe, late enough to need real training:
 the plain recipe after a few epochs, not after the first.
+
+It also prints the arithmetic floor: the floating-point operations one training sample
+costs the network (a multiply and an add per weight forward, twice that backward), the
+peak float32 matrix-multiply rate of this machine (NumPy's, timed in the same invocation),
+and each runner's fraction of that peak.
 """
 
 import argparse
@@ -43,6 +55,14 @@ def worker(kind, data_dir, seed, target, overrides):
     import digit_classifier as dc
 
     config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, augment=None, seed=seed, quiet=True)
+    if kind == "torch":
+        config = dataclasses.replace(config, **overrides)
+        result = torch_worker(data_dir, seed, target, config)
+        print(json.dumps(dict(kind=kind, seed=seed, epochs=config.epochs,
+                              batch_size=config.batch_size,
+                              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                              / 1024, **result)))
+        return None
     if kind == "plain":
         config = dataclasses.replace(config, batch_size=32, steps_per_execution=1,
                                      learning_rate=1e-3, lr_schedule="constant",
@@ -86,6 +106,75 @@ def worker(kind, data_dir, seed, target, overrides):
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 
+def torch_worker(data_dir, seed, target, config):
+    """The PyTorch loop: what the pytorch/examples MNIST script does, at ours' settings."""
+    import math
+
+    import digit_classifier as dc
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    arrays, _ = dc.load_dataset(config.dataset, data_dir)
+    data = dc.split_and_scale(arrays, 0.0, seed)
+    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
+    x_test, y_test = torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]).long()
+    layers, width = [nn.Flatten()], 28 * 28
+    for hidden in config.hidden:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    model = nn.Sequential(*layers, nn.Linear(width, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+                 if config.lr_schedule == "cosine" else None)
+    loss_function = nn.CrossEntropyLoss()
+    train_seconds, reached, accuracy = 0.0, None, None
+    for _ in range(config.epochs):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x_train))
+        for first in range(0, len(x_train), config.batch_size):
+            index = order[first:first + config.batch_size]
+            optimizer.zero_grad()
+            loss = loss_function(model(x_train[index]), y_train[index])
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        train_seconds += time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
+        if reached is None and accuracy >= target:
+            reached = train_seconds
+    return dict(samples_per_second=config.epochs * len(x_train) / train_seconds,
+                seconds_to_target=reached, final_accuracy=accuracy,
+                threads=torch.get_num_threads(), torch=torch.__version__)
+
+
+def training_flops_per_sample(hidden):
+    """Multiply-adds of one image through the network, times 2 (forward) plus 4 (backward:
+    the gradients of the inputs and of the weights)."""
+    widths = [28 * 28, *hidden, 10]
+    return 6 * sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def peak_matmul_flops(size=2048, repeats=7):
+    """This machine's float32 matrix-multiply rate (FLOP/s), the median of a few NumPy runs."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    a @ b  # warm up the BLAS threads
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(times)
+
+
 def median(values):
     """Median of the values that exist, or None."""
     values = [v for v in values if v is not None]
@@ -120,14 +209,25 @@ def main():
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change one of ours' settings (a digit_classifier.Config field), "
                              "e.g. --set batch_size=128 learning_rate=0.002")
-    parser.add_argument("--worker", choices=("plain", "ours", "jax"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-torch", action="store_true",
+                        help="leave out the PyTorch runner even where PyTorch is installed")
+    parser.add_argument("--worker", choices=("plain", "ours", "jax", "torch"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     overrides = parse_overrides(parser, args.set)
     if args.worker:
         return worker(args.worker, args.data_dir, args.seed, args.target, overrides)
 
-    kinds = ("plain", "ours", "jax") if args.jax else ("plain", "ours")
+    kinds = ["plain", "ours"] + (["jax"] if args.jax else [])
+    import importlib.util
+
+    if args.no_torch:
+        print("torch: left out (--no-torch)")
+    elif importlib.util.find_spec("torch") is None:
+        print("torch: skipped, PyTorch is not installed (pip install torch)")
+    else:
+        kinds.append("torch")
     import digit_classifier as dc
 
     ours = dataclasses.replace(dc.Config(), **overrides)
@@ -166,6 +266,23 @@ def main():
         if plain["seconds_to_target"] and s["seconds_to_target"]:
             print(f"{kind} / plain, seconds to {args.target:.1%}: "
                   f"{s['seconds_to_target'] / plain['seconds_to_target']:.2f}")
+    if "torch" in kinds:
+        torch_s, ours_s = summary["torch"], summary["ours"]
+        print(f"ours / torch, samples per second: "
+              f"{ours_s['samples_per_second'] / torch_s['samples_per_second']:.2f}x")
+        if torch_s["seconds_to_target"] and ours_s["seconds_to_target"]:
+            print(f"ours / torch, seconds to {args.target:.1%}: "
+                  f"{ours_s['seconds_to_target'] / torch_s['seconds_to_target']:.2f}")
+        print(f"torch threads: {results['torch'][0]['threads']} "
+              f"(PyTorch {results['torch'][0]['torch']})")
+    flops = training_flops_per_sample(SEED_NETWORK)
+    peak = peak_matmul_flops()
+    print(f"\narithmetic floor: {flops:,} FLOPs per training sample; peak float32 matmul "
+          f"(NumPy, 2048x2048) {peak / 1e9:.1f} GFLOP/s, so at most "
+          f"{peak / flops:,.0f} samples/s")
+    for kind in kinds:
+        rate = summary[kind]["samples_per_second"] * flops
+        print(f"{kind:6s} {rate / 1e9:6.1f} GFLOP/s = {rate / peak:.1%} of the peak")
     return 0
 
 

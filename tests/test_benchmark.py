@@ -23,6 +23,14 @@ def test_speed_benchmark_reports_medians_and_ratios(synthetic_dir):
     assert "ours / plain, samples per second:" in result.stdout
     assert "jax / plain, samples per second:" in result.stdout
     assert "peak MB" in result.stdout
+    assert "arithmetic floor: 596,400 FLOPs per training sample" in result.stdout
+    assert "of the peak" in result.stdout
+    try:
+        import torch  # noqa: F401  (optional: the runner is skipped without it, and says so)
+    except ImportError:
+        assert "torch: skipped, PyTorch is not installed" in result.stdout
+    else:
+        assert "repeat 1 torch" in result.stdout and "ours / torch, samples per second:" in result.stdout
 
 
 def test_speed_benchmark_refuses_an_unknown_setting(synthetic_dir):

@@ -104,7 +104,7 @@ def test_preset_values_apply_and_flags_override_them():
 def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
     _, config, _ = dc.parse_command_line(["--preset", "best"])
     assert config.augment == "elastic" and config.committee > 1
-    assert config.validation_split == 0 and config.dropout == 0
+    assert config.validation_split == 0.05 and config.dropout == 0
     _, config, _ = dc.parse_command_line(["--preset", "best", "--committee", "2",
                                           "--epochs", "3", "--augment"])
     assert (config.committee, config.epochs, config.augment) == (2, 3, "affine")

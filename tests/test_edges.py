@@ -12,7 +12,7 @@ def test_a_split_that_leaves_less_than_one_batch_is_a_one_line_error(synthetic_d
                                                                     split, kept):
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
                      "--validation-split", split)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: --validation-split {split} leaves {kept} of 600 training images, fewer than "
         f"one batch of 64; lower --validation-split or --batch-size"]

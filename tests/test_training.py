@@ -15,7 +15,7 @@ import digit_classifier as dc
 from conftest import FAST, run_cli
 
 PNGS = ["confusion_matrix.png", "confusion_matrix_normalized.png", "training_curves.png",
-        "misclassified.png", "samples.png"]
+        "misclassified.png", "samples.png", "calibration.png", "robustness.png", "corruptions.png"]
 
 
 def test_training_run_writes_every_output(trained_synthetic):

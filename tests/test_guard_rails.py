@@ -1,0 +1,234 @@
+"""Guard rails: runs that collide, sizes that cannot fit, settings that make no sense."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+
+import numpy as np
+import pytest
+
+import digit_classifier as dc
+from conftest import FAST, ROOT, SCRIPT, run_cli
+
+
+def snapshot(directory):
+    """Every file under directory with its content hash."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# --- one run per output directory -----------------------------------------------------------
+
+def test_a_directory_locked_by_another_process_is_refused_and_left_untouched(
+        trained_synthetic, synthetic_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(trained_synthetic[0], out)
+    holder = subprocess.Popen(  # another process that holds the lock, as a running training does
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+         "import digit_classifier as dc; dc.lock_output_dir(sys.argv[2], 'training'); "
+         "print('locked', flush=True); time.sleep(60)", str(ROOT), str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(out)
+        for argv in (["--data-dir", synthetic_dir, *FAST],
+                     ["--compare", "8", "--data-dir", synthetic_dir, *FAST[:2]],
+                     ["--evaluate", "--data-dir", synthetic_dir]):
+            result = run_cli(*argv, "--output-dir", out)
+            assert result.returncode == 1, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"process {holder.pid} (training started" in lines[0]
+            assert "--output-dir" in lines[0]
+            assert snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock went with the process that held it: nothing stale is left to refuse a new run.
+    result = run_cli("--evaluate", "--data-dir", synthetic_dir, "--output-dir", out, "--quiet",
+                     "--model", out / "model.keras")
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir),
+                              "--output-dir", str(out), *FAST[2:], "--epochs", "150"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in first.stdout:  # the first run is training once an epoch line appears
+            if line.startswith("Epoch"):
+                break
+        second = run_cli("--data-dir", synthetic_dir, "--output-dir", out, *FAST, "--seed", "7")
+        assert second.returncode == 1
+        assert f"is in use by process {first.pid}" in second.stderr
+        first.send_signal(signal.SIGKILL)  # killed: the OS drops its lock
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+    resumed = run_cli("--data-dir", synthetic_dir, "--output-dir", out, *FAST[2:],
+                      "--epochs", "150", "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["seed"] == dc.Config.seed and metrics["epochs_completed"] == 150
+
+
+# --- sizes that cannot fit -------------------------------------------------------------------
+
+def test_a_model_too_large_for_memory_is_refused_at_once_with_both_figures(tmp_path,
+                                                                          synthetic_dir):
+    available = dc.available_memory()
+    if available is None:
+        pytest.skip("this system does not report its available memory")
+    # Measure the CLI's peak memory from a fresh parent, whose only child it is.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import resource, subprocess, sys; "
+         "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+         "sys.stdout.write(r.stderr + '@@' + str(r.returncode) + '@@' + "
+         "str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))",
+         sys.executable, str(SCRIPT), "--hidden", "50000", "50000", "--data-dir",
+         str(synthetic_dir), "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120)
+    stderr, status, peak_kib = probe.stdout.split("@@")
+    assert status == "1"
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "--hidden 50000 50000 needs about" in lines[0]
+    assert "2,539,800,010 weights" in lines[0] and "GiB is available" in lines[0]
+    assert int(peak_kib) < 300 * 1024  # refused before TensorFlow was imported
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_estimate_counts_the_weights_adam_and_the_data():
+    config = dc.Config()
+    needed, weights = dc.training_memory(config)
+    assert weights == 535818 == dc.parameter_count(config.hidden)
+    assert 0.8 * 2 ** 30 < needed < 2 * 2 ** 30
+    bigger, _ = dc.training_memory(config, specs=[(100,), (4096, 4096)])
+    assert bigger == dc.training_memory(dc.Config(hidden=(4096, 4096)))[0]
+    assert dc.training_memory(dc.Config(committee=5))[1] == 5 * weights
+
+
+def test_ctrl_c_while_a_large_model_is_built_stops_at_once(tmp_path, synthetic_dir):
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir),
+                                "--output-dir", str(tmp_path / "out"), "--hidden", "8192",
+                                "8192", "8192", "--epochs", "50", "--augment", "none",
+                                "--batch-size", "64", "--steps-per-execution", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("building the model"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted")
+
+
+@pytest.mark.parametrize("batch, message", [
+    ("100000", "--batch-size 100000 is larger than the 540 training images (of 600, "
+               "--validation-split 0.1 held out); choose at most 540"),
+    ("560", "--validation-split 0.1 leaves 540 of 600 training images, fewer than one batch "
+            "of 560; lower --validation-split or --batch-size")])
+def test_a_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, synthetic_dir, batch,
+                                                              message):
+    (tmp_path / "earlier.txt").write_text("an earlier result")
+    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--epochs", "1",
+                     "--batch-size", batch)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+    assert snapshot(tmp_path) == {"earlier.txt": hashlib.sha256(b"an earlier result").hexdigest()}
+
+
+# --- the right data set ----------------------------------------------------------------------
+
+def test_official_mnist_is_recognised_and_fashion_mnist_refused_for_it(mnist_dir, tmp_path):
+    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
+    assert dc.recognise_dataset(arrays) == "mnist"
+    result = run_cli("--dataset", "fashion-mnist", "--data-dir", mnist_dir, "--output-dir",
+                     tmp_path / "out", "--epochs", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --dataset fashion-mnist: {mnist_dir} holds the official MNIST data; "
+        f"pass --dataset mnist"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_fashion_mnist_statistics_are_recognised_and_other_data_is_not():
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.repeat(np.arange(10), 6000), np.repeat(np.arange(10), 1000)
+    x_train = np.zeros((60000, 28, 28), np.uint8)
+    x_train.reshape(60000, -1)[:, :int(0.2860 * 784)] = 255  # Fashion-MNIST's mean pixel
+    arrays = dict(x_train=x_train, y_train=rng.permutation(y_train),
+                  x_test=np.zeros((10000, 28, 28), np.uint8), y_test=y_test)
+    assert dc.recognise_dataset(arrays) == "fashion-mnist"
+    arrays["x_train"] = np.full((60000, 28, 28), 33, np.uint8)  # MNIST-like brightness
+    assert dc.recognise_dataset(arrays) is None
+    from conftest import synthetic_digits
+    x, y = synthetic_digits(600, seed=1)
+    assert dc.recognise_dataset(dict(x_train=x, y_train=y, x_test=x, y_test=y)) is None
+
+
+# --- remembering the run's data, and messages that name the user's own flags -----------------
+
+def test_evaluate_defaults_to_the_data_the_model_was_trained_on(trained_synthetic, tmp_path):
+    out, _ = trained_synthetic
+    result = run_cli("--evaluate", "--model", out / "model.keras", "--output-dir",
+                     tmp_path / "evaluation", env={"HTTPS_PROXY": "http://127.0.0.1:9",
+                                                   "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert result.returncode == 0, result.stderr
+    assert "as recorded by the run that saved" in result.stdout
+    evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    trained = json.loads((out / "metrics.json").read_text())
+    assert evaluated["dataset"]["source"] == trained["dataset"]["source"]
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]
+
+
+def test_download_failures_name_their_cause():
+    def raised(cause):
+        try:
+            try:
+                raise cause
+            except Exception as err:
+                raise Exception(f"URL fetch failure: {err}")
+        except Exception as wrapped:
+            return wrapped
+
+    not_found = urllib.error.HTTPError("https://x/mnist.npz", 404, "Not Found", {}, None)
+    assert dc.download_failure(raised(not_found)) == "the server answered HTTP 404 Not Found"
+    offline = urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+    assert dc.download_failure(raised(offline)) == (
+        "no network connection (Temporary failure in name resolution)")
+    corrupted = ValueError("Incomplete or corrupted file detected. The sha256 file hash does "
+                           "not match the provided value of abc.")
+    assert "failed its checksum" in dc.download_failure(corrupted)
+
+
+def test_failed_download_names_the_cause_and_leaves_no_empty_directory(tmp_path):
+    result = run_cli("--output-dir", tmp_path / "new" / "out", "--epochs", "1",
+                     env={"KERAS_HOME": str(tmp_path / "keras"),
+                          "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"},
+                     timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not download MNIST: no network connection" in lines[0]
+    assert "--data-dir" in lines[0]
+    assert not (tmp_path / "new").exists()
+
+
+def test_suggested_commands_repeat_the_users_output_and_data_dirs(tmp_path, synthetic_dir):
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    result = run_cli("--predict", image, "--output-dir", tmp_path / "my runs")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        f"train one first: python digit_classifier.py --output-dir '{tmp_path / 'my runs'}'")
+    result = run_cli("--evaluate", "--data-dir", synthetic_dir, "--dataset", "fashion-mnist",
+                     "--model", tmp_path / "elsewhere" / "model.keras")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        f"train one first: python digit_classifier.py --dataset fashion-mnist --data-dir "
+        f"{synthetic_dir} --output-dir {tmp_path / 'elsewhere'}")

@@ -861,8 +861,6 @@ def evaluate(model, x_test, y_test):
 def score(probabilities, labels):
     """Metrics from predicted class probabilities and true labels."""
     predicted = probabilities.argmax(axis=1)
-    # Same clipping as Keras' cross-entropy, so the loss matches model.evaluate().
-    true_class_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
     confusion = np.bincount(labels * NUM_CLASSES + predicted,
                             minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
     true_positive = np.diag(confusion).astype(float)
@@ -875,10 +873,10 @@ def score(probabilities, labels):
                    where=(precision + recall) > 0)
     accuracy = float(true_positive.sum() / len(labels))
     return dict(
-        test_accuracy=accuracy, test_loss=float(-np.log(true_class_p).mean()),
+        test_accuracy=accuracy, test_loss=negative_log_likelihood(probabilities, labels),
         error_rate=1.0 - accuracy, confusion_matrix=confusion,
         precision=precision, recall=recall, f1=f1, support=support,
-        predicted=predicted, confidence=probabilities.max(axis=1),
+        predicted=predicted, confidence=probabilities.max(axis=1), probabilities=probabilities,
     )
 
 
@@ -936,7 +934,8 @@ def softmax_average(logits, temperature=1.0):
 
 
 def negative_log_likelihood(probabilities, labels):
-    """Mean cross-entropy of the true classes, clipped as Keras clips it."""
+    """Mean cross-entropy of the true classes, clipped as Keras clips it (so the test loss
+    matches model.evaluate())."""
     true_class_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
     return float(-np.log(true_class_p).mean())
 
@@ -1810,10 +1809,8 @@ def spread(runs, keys):
 
 def member_accuracies(final, data):
     """Each committee member's own test accuracy, to set against the committee's."""
-    import keras
-
     return [evaluate(member, data["x_test"], data["y_test"])["test_accuracy"]
-            for member in final.layers if isinstance(member, keras.Sequential)]
+            for member in networks(final)]
 
 
 def build_record(config, dataset_info, scores=None, *, training=None, model=None,
@@ -2146,13 +2143,12 @@ def run_evaluation(config, model_path):
     if trained_on != config.dataset:
         raise RunError(f"{model_path}: trained on {trained_on}; pass --dataset {trained_on}")
     start = time.perf_counter()
-    probabilities = model.predict(data["x_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
-    scores = score(probabilities, data["y_test"])
+    scores = evaluate(model, data["x_test"], data["y_test"])
     timing["evaluate_seconds"] = round(time.perf_counter() - start, 3)
     # The saved model's probabilities as they are (calibrated when training fitted a
     # temperature): how well they match its accuracy on this test set.
     calibration = dict(saved_model=True, fitted=False, bins=CALIBRATION_BINS,
-                       before=calibration_figures(probabilities, data["y_test"]))
+                       before=calibration_figures(scores["probabilities"], data["y_test"]))
     start = time.perf_counter()
     robust = robustness(model, data["x_test"], data["y_test"], scores["test_accuracy"])
     timing["robustness_seconds"] = round(time.perf_counter() - start, 3)

@@ -1,8 +1,21 @@
+# /// script
+# requires-python = ">=3.10,<3.13"
+# dependencies = [
+#     "tensorflow>=2.16,<2.22",
+#     "keras>=3.3,<4",
+#     "numpy>=1.26,<3",
+#     "matplotlib>=3.8,<4",
+#     "seaborn>=0.13,<0.14",
+#     "pillow>=10,<13",
+#     "tensorboard>=2.16,<2.22",
+# ]
+# ///
 """Train a dense neural network on MNIST (or Fashion-MNIST), evaluate it, and report.
 
     python digit_classifier.py                              # train, evaluate, write outputs/
     python digit_classifier.py --data-dir ../shared/data/mnist --epochs 20
     python digit_classifier.py --predict my_digit.png       # classify your own images
+    python digit_classifier.py --draw                       # draw a digit in the browser
     python digit_classifier.py --compare 100 100,100 512,256 --repeats 3
     python digit_classifier.py --preset best                # 5 dense nets, elastic distortion
 
@@ -10,19 +23,23 @@ The file reads in the order data flows. The core pipeline first: configuration, 
 model, writing files, training, evaluation, reports, and the run that wires them (one
 `train_and_evaluate` pipeline that training, repeats, comparison and the benchmark all call,
 and one record of the run that every report is rendered from). Then the extras, each in its
-section: the distortion of training images, saved-model use (--evaluate, --predict), the
-architecture comparison; the command line last. TensorFlow, Keras and Matplotlib are
-imported inside the functions that need them, so `--help` and usage errors answer at once.
+section: the distortion of training images, saved-model use (--evaluate, --predict), drawing
+in the browser (--draw), the architecture comparison; the command line last. TensorFlow,
+Keras and Matplotlib are imported inside the functions that need them, so `--help` and
+usage errors answer at once.
 """
 
 import argparse
 import base64
 import csv
 import dataclasses
+import errno
 import functools
 import gzip
 import html
+import importlib.util
 import io
+import itertools
 import json
 import math
 import os
@@ -31,6 +48,7 @@ import shlex
 import signal
 import sys
 import textwrap
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -80,6 +98,7 @@ class Config:
     repeats: int = 1
     backend: str = "tensorflow"
     preset: str | None = None
+    tensorboard: bool = False
     quiet: bool = False
 
 
@@ -1654,6 +1673,15 @@ def print_summary(record, paths, quiet):
     print("\nwrote:")
     for path in paths:
         print(f"  {Path(path).resolve()}")
+    print_tensorboard_command(record["config"])
+
+
+def print_tensorboard_command(config):
+    """With --tensorboard, the command that shows the logs."""
+    if config.get("tensorboard"):
+        logs = Path(config["output_dir"]) / "tensorboard"
+        print(f"\nTensorBoard logs (per-epoch scalars and the model graph): "
+              f"tensorboard --logdir {shlex.quote(str(logs))}")
 
 
 # ---------------------------------------------------------------------------
@@ -1754,6 +1782,10 @@ def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, cal
     model, initial_epoch, history = resumed or (new_model(config, len(data["x_train"])), 0, [])
     if not config.quiet:
         print(describe_model(model))
+    if config.tensorboard:
+        import keras
+
+        callbacks = [*callbacks, keras.callbacks.TensorBoard(tensorboard_dir(config))]
     training = train(model, data, config, signals, output_dir, initial_epoch, history, callbacks)
     start = time.perf_counter()
     final = inference_model(model)
@@ -1762,6 +1794,12 @@ def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, cal
     training["evaluate_seconds"] = time.perf_counter() - start
     return dict(model=model, final=final, training=training, scores=scores,
                 calibration=calibration, parameters=int(final.count_params()))
+
+
+def tensorboard_dir(config):
+    """Where --tensorboard logs one training run: a folder per architecture and seed."""
+    return (Path(config.output_dir) / "tensorboard"
+            / f"{format_hidden(config.hidden)}_seed{config.seed}")
 
 
 def run_figures(result, seed):
@@ -2170,24 +2208,38 @@ class ImageError(Exception):
     """An image that cannot be classified: missing, unreadable or blank."""
 
 
+class BlankImageError(ImageError):
+    """An image with no ink on it."""
+
+
 def read_image(path):
     """Open an image file as a float grayscale array in 0-1, flattening any transparency."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.exists():
         raise ImageError("no such file")
     if path.is_dir():
-        raise ImageError("is a directory, not an image")
+        visible = [entry for entry in path.iterdir() if not entry.name.startswith(".")]
+        raise ImageError("is a folder, not an image" if visible
+                         else "is a folder with no files in it")
     if path.stat().st_size == 0:
         raise ImageError("file is empty")
+    return decode_image(path)
+
+
+def decode_image(source, max_pixels=None):
+    """Decode an image (a path or a binary file object) to grayscale floats in 0-1."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
+            if max_pixels and opened.width * opened.height > max_pixels:
+                raise ImageError(f"image is {opened.width}x{opened.height} pixels, more than "
+                                 f"{max_pixels:,} in all")
             image = ImageOps.exif_transpose(opened)
             image.load()
     except UnidentifiedImageError:
         raise ImageError("not an image file Pillow can read") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"unreadable image ({err})") from None
     if "A" in image.getbands() or "transparency" in image.info:
         image = flatten_transparency(image.convert("RGBA"))
@@ -2224,7 +2276,7 @@ def to_mnist_format(gray):
     ink = np.clip(ink, 0, None)
     strongest = float(ink.max()) if ink.size else 0.0
     if strongest < MIN_INK_CONTRAST:
-        raise ImageError("no ink found: the image looks blank")
+        raise BlankImageError("no ink found: the image looks blank")
     ink /= strongest
     ink[ink < INK_THRESHOLD] = 0  # paper texture and JPEG noise
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
@@ -2246,9 +2298,88 @@ def to_mnist_format(gray):
     return field
 
 
-def run_prediction(config, model_path, image_paths, as_json, min_confidence=MIN_CONFIDENCE):
-    """Classify image files with a saved model; one line each, plus predictions.png.
+PREDICT_CHUNK = 512  # images read and classified at a time, so memory stays bounded
+PREDICTIONS_SHOWN = 48  # at most this many images in predictions.png
+PREDICTION_COLUMNS = ("file", "prediction", "probability", "second", "second_probability",
+                      "third", "third_probability", "unsure")
 
+
+def image_sources(paths):
+    """(path, named) for each file named and for each file in each folder named, sorted by
+    name (hidden files left out); named is False for a folder's files."""
+    for path in map(Path, paths):
+        entries = sorted(path.iterdir()) if path.is_dir() else ()
+        if any(not entry.name.startswith(".") for entry in entries):
+            yield from ((entry, False) for entry in entries if not entry.name.startswith("."))
+        else:  # a file, or a folder with nothing in it (reported as an error)
+            yield path, True
+
+
+def prepared_images(sources, problems):
+    """(path, 28x28 image) for each source that is an image; the others are reported on
+    stderr (an error for a file named, "skipped" for a folder's) and listed in problems."""
+    for path, named in sources:
+        try:
+            yield path, to_mnist_format(read_image(path))
+        except ImageError as err:
+            print(f"{'error' if named else 'skipped'}: {path}: {err}", file=sys.stderr)
+            problems.append((path, named))
+
+
+def classify(model, images, chunk=PREDICT_CHUNK):
+    """(path, image, probabilities) for each (path, image), predicted chunk images at a time."""
+    images = iter(images)
+    while batch := list(itertools.islice(images, chunk)):
+        probabilities = model.predict(np.stack([image for _, image in batch]),
+                                      batch_size=EVAL_BATCH_SIZE, verbose=0)
+        for (path, image), p in zip(batch, probabilities):
+            yield path, image, p
+
+
+def answer(probabilities, class_names, min_confidence):
+    """The prediction, its probability, whether it is unsure, and the next two candidates."""
+    ranked = np.argsort(-probabilities)[:3]
+    best = ranked[0]
+    return dict(prediction=class_names[best], probability=float(probabilities[best]),
+                unsure=bool(probabilities[best] < min_confidence),
+                candidates=[dict(label=class_names[i], probability=float(probabilities[i]))
+                            for i in ranked[1:]])
+
+
+class ShownImages:
+    """The images predictions.png shows: all of them up to `limit`, else the unsure first."""
+
+    def __init__(self, limit=PREDICTIONS_SHOWN):
+        self.limit, self.total = limit, 0
+        self.sure, self.unsure = [], []  # (order, image, caption); at most limit of each
+
+    def offer(self, image, caption, unsure):
+        """Keep the image if it may be shown."""
+        kept = self.unsure if unsure else self.sure
+        if len(kept) < self.limit:
+            kept.append((self.total, image, caption))
+        self.total += 1
+
+    def chosen(self):
+        """(images, captions, caption colours, a title fragment saying how many are shown)."""
+        if self.total <= self.limit:
+            picked, what = sorted(self.sure + self.unsure, key=lambda item: item[0]), ""
+        else:
+            picked = self.unsure[:self.limit]
+            picked += self.sure[:self.limit - len(picked)]
+            what = (f"{len(picked)} of {self.total:,} images, the unsure first" if self.unsure
+                    else f"the first {len(picked)} of {self.total:,} images")
+        unsure_orders = {order for order, _, _ in self.unsure}
+        return (np.stack([image for _, image, _ in picked]), [c for _, _, c in picked],
+                ["tab:red" if order in unsure_orders else "black" for order, _, _ in picked],
+                what)
+
+
+def run_prediction(config, model_path, image_paths, as_json, min_confidence=MIN_CONFIDENCE):
+    """Classify image files and folders of them with a saved model: a line each on stdout,
+    every answer in predictions.csv and a readable subset in predictions.png.
+
+    Images are read and classified PREDICT_CHUNK at a time, so thousands take little memory.
     An answer whose (calibrated) top probability is below min_confidence is marked unsure.
     """
     require_model_file(model_path, config)
@@ -2256,44 +2387,375 @@ def run_prediction(config, model_path, image_paths, as_json, min_confidence=MIN_
     setup_keras(config)
     model = load_saved_model(model_path, config)
     class_names = DATASETS[model_dataset(model)]["classes"]
-    images, names, failures = [], [], 0
-    for path in image_paths:
+    problems, shown = [], ShownImages()
+    unsure_count = 0
+
+    def write_predictions(tmp):
+        """Classify everything, printing each answer and writing its CSV row."""
+        nonlocal unsure_count
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(PREDICTION_COLUMNS)
+            for path, image, p in classify(model, prepared_images(image_sources(image_paths),
+                                                                  problems)):
+                result = answer(p, class_names, min_confidence)
+                unsure_count += result["unsure"]
+                second, third = (result["candidates"] + [dict(label="", probability=None)] * 2)[:2]
+                writer.writerow([path, result["prediction"], f"{result['probability']:.6f}",
+                                 second["label"], fixed(second["probability"]),
+                                 third["label"], fixed(third["probability"]),
+                                 int(result["unsure"])])
+                if as_json:
+                    print(json.dumps(dict(file=str(path), **result)))
+                else:
+                    others = ", ".join(f"{c['label']} ({c['probability']:.1%})"
+                                       for c in result["candidates"])
+                    print(f"{path}: {result['prediction']} ({result['probability']:.1%})"
+                          f"{'  UNSURE' if result['unsure'] else ''}  next: {others}")
+                name = path.name if len(path.name) <= 20 else f"{path.name[:9]}…{path.name[-9:]}"
+                shown.offer(image, f"{name}\n{result['prediction']} ({result['probability']:.0%})"
+                            + (" unsure" if result["unsure"] else ""), result["unsure"])
+        if not shown.total:
+            raise RunError("no image to classify" + (
+                f": none of the {len(problems)} files could be read" if problems else ""))
+
+    write_atomically(output_dir / "predictions.csv", write_predictions)
+    images, captions, colours, how_many = shown.chosen()
+    plot_digit_grid(images, captions,
+                    f"{how_many.capitalize() + ' ' if how_many else 'Your images '}as the model "
+                    f"saw them, with its prediction (unsure, in red: below {min_confidence:.0%})",
+                    output_dir / "predictions.png",
+                    columns=min(8 if len(images) > 12 else 6, len(images)),
+                    caption_colours=colours)
+    if not as_json and not config.quiet:
+        skipped = sum(not named for _, named in problems)
+        print(f"classified {shown.total:,} images ({unsure_count:,} unsure)"
+              + (f"; skipped {skipped:,} files that are not images" if skipped else ""))
+        print(f"wrote {output_dir / 'predictions.csv'}\nwrote {output_dir / 'predictions.png'}")
+    return 1 if any(named for _, named in problems) else 0
+
+
+def fixed(value):
+    """A probability for the CSV: six decimals, or empty."""
+    return "" if value is None else f"{value:.6f}"
+
+
+# ---------------------------------------------------------------------------
+# Drawing in the browser: --draw
+# ---------------------------------------------------------------------------
+
+DRAW_PORT = 2828  # --draw's default port: 28 x 28, away from the ports dev servers take
+DRAWING_MAX_BYTES = 1_000_000  # larger request bodies are refused unread (413)
+DRAWING_MAX_PIXELS = 2048 * 2048  # larger images are refused before they are decoded
+
+
+def open_drawing_server(port):
+    """A threading HTTP server listening on 127.0.0.1 only; a taken port is a one-line error."""
+    import http.server
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True  # a stalled client never holds up Ctrl-C
+
+    try:
+        return Server(("127.0.0.1", port), http.server.BaseHTTPRequestHandler)
+    except OSError as err:
+        reason = ("is already in use" if err.errno == errno.EADDRINUSE
+                  else f"cannot be opened ({err.strerror})")
+        raise RunError(f"port {port} on 127.0.0.1 {reason}; choose another with --port") from None
+
+
+def drawing_classifier(model, class_names, min_confidence):
+    """A function from a drawing's image bytes to (HTTP status, JSON-ready answer)."""
+    lock = threading.Lock()  # one prediction at a time; requests arrive on many threads
+
+    def classify_drawing(body):
+        """The model's answer, with the 28x28 image it saw; blank drawings and non-images
+        get a 4xx and say why."""
         try:
-            images.append(to_mnist_format(read_image(path)))
-            names.append(path)
+            image = to_mnist_format(decode_image(io.BytesIO(body), DRAWING_MAX_PIXELS))
+        except BlankImageError as err:
+            return 422, dict(blank=True, error=f"blank drawing: {err}")
         except ImageError as err:
-            print(f"error: {path}: {err}", file=sys.stderr)
-            failures += 1
-    if images:
-        probabilities = model.predict(np.stack(images), batch_size=EVAL_BATCH_SIZE, verbose=0)
-        captions, colours = [], []
-        for path, p in zip(names, probabilities):
-            ranked = np.argsort(-p)[:3]
-            best = ranked[0]
-            unsure = bool(p[best] < min_confidence)
-            name = Path(path).name
-            name = name if len(name) <= 20 else f"{name[:9]}…{name[-9:]}"
-            captions.append(f"{name}\n{class_names[best]} ({p[best]:.0%})"
-                            + (" unsure" if unsure else ""))
-            colours.append("tab:red" if unsure else "black")
-            if as_json:
-                print(json.dumps(dict(
-                    file=str(path), prediction=class_names[best], probability=float(p[best]),
-                    unsure=unsure,
-                    candidates=[dict(label=class_names[i], probability=float(p[i]))
-                                for i in ranked[1:]])))
+            return 415, dict(blank=False, error=str(err))
+        with lock:
+            probabilities = np.asarray(model.predict_on_batch(image[None]))[0]
+        result = answer(probabilities, class_names, min_confidence)
+        return 200, dict(
+            blank=False, **result, min_confidence=min_confidence,
+            top=[dict(label=result["prediction"], probability=result["probability"]),
+                 *result["candidates"]],
+            pixels=np.round(image * 255).astype(int).ravel().tolist())
+
+    return classify_drawing
+
+
+def drawing_handler(page, classify_drawing):
+    """The request handler: the page at /, drawings POSTed to /predict, 4xx for the rest."""
+    import http.server
+    from urllib.parse import urlsplit
+
+    class DrawingHandler(http.server.BaseHTTPRequestHandler):
+        server_version = "digit_classifier"
+        sys_version = ""
+        default_request_version = "HTTP/1.0"  # so even a garbled request gets a status line
+        timeout = 15  # seconds a client may take over its request
+
+        def do_GET(self):
+            """The page; nothing else is served."""
+            path = urlsplit(self.path).path
+            if path == "/":
+                self.reply(200, page, "text/html; charset=utf-8")
+            elif path == "/predict":
+                self.refuse(405, "send a drawing with POST", allow="POST")
             else:
-                others = ", ".join(f"{class_names[i]} ({p[i]:.1%})" for i in ranked[1:])
-                print(f"{path}: {class_names[best]} ({p[best]:.1%})"
-                      f"{'  UNSURE' if unsure else ''}  next: {others}")
-        plot_digit_grid(np.stack(images), captions,
-                        f"Your images as the model saw them, with its prediction "
-                        f"(unsure, in red: below {min_confidence:.0%})",
-                        output_dir / "predictions.png", columns=min(6, len(images)),
-                        caption_colours=colours)
-        if not as_json and not config.quiet:
-            print(f"wrote {output_dir / 'predictions.png'}")
-    return 1 if failures else 0
+                self.refuse(404, "not found: the page is at /")
+
+        do_HEAD = do_GET
+
+        def do_POST(self):
+            """Classify the PNG (or any image) in the request body."""
+            path = urlsplit(self.path).path
+            if path != "/predict":
+                return (self.refuse(405, "POST drawings to /predict", allow="GET, HEAD")
+                        if path == "/" else self.refuse(404, "not found: POST to /predict"))
+            length = self.headers.get("Content-Length")
+            if length is None:
+                return self.refuse(411, "a Content-Length header is required")
+            if not length.isdigit():
+                return self.refuse(400, f"bad Content-Length {length!r}")
+            if int(length) > DRAWING_MAX_BYTES:
+                self.close_connection = True  # the body is never read
+                return self.refuse(413, f"a drawing is at most {DRAWING_MAX_BYTES:,} bytes")
+            body = self.rfile.read(int(length))
+            if len(body) < int(length):
+                return self.refuse(400, "the body is shorter than its Content-Length")
+            status, result = classify_drawing(body)
+            self.reply(status, json.dumps(result).encode(), "application/json")
+
+        def __getattr__(self, name):
+            """Any other method (PUT, DELETE, ...) is answered 405, not 501."""
+            if name.startswith("do_"):
+                return lambda: self.refuse(405, f"{self.command} is not allowed here",
+                                           allow="GET, HEAD, POST")
+            raise AttributeError(name)
+
+        def refuse(self, status, message, allow=None):
+            """A 4xx with a JSON body that says why."""
+            self.reply(status, json.dumps(dict(error=message)).encode(), "application/json",
+                       allow)
+
+        def reply(self, status, payload, content_type, allow=None):
+            """Send a complete response; the page may load nothing from anywhere else."""
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", "default-src 'none'; connect-src 'self'; "
+                             "img-src data:; script-src 'unsafe-inline'; "
+                             "style-src 'unsafe-inline'")
+            if allow:
+                self.send_header("Allow", allow)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        def log_message(self, format, *args):
+            """Silent: the page sends a request per stroke, which would flood the terminal."""
+
+    return DrawingHandler
+
+
+def drawing_page(model_path, min_confidence):
+    """The page, with what is known about the model filled in at the foot."""
+    facts = [f"model: {model_path}"]
+    try:
+        record = json.loads((Path(model_path).parent / "metrics.json").read_text())
+        facts.append(f"test accuracy {record['test_accuracy']:.2%} on "
+                     f"{record['dataset']['title']}")
+        calibration = record.get("calibration") or {}
+        facts.append(f"probabilities calibrated (temperature {calibration['temperature']:.3f})"
+                     if calibration.get("fitted") else "probabilities not calibrated")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    facts.append(f"answers below {min_confidence:.0%} are marked unsure")
+    return DRAW_PAGE.replace("{{facts}}", html.escape(" · ".join(facts))).encode()
+
+
+def run_draw(config, model_path, port, min_confidence):
+    """Serve the drawing page on 127.0.0.1 until Ctrl-C (or SIGTERM); returns 0 then."""
+    require_model_file(model_path, config)
+    server = open_drawing_server(port)  # a taken port fails here, before the slow imports
+    with server:
+        setup_keras(config)
+        model = load_saved_model(model_path, config)
+        classify_drawing = drawing_classifier(model, DATASETS[model_dataset(model)]["classes"],
+                                              min_confidence)
+        model.predict_on_batch(np.zeros((1, *IMAGE_SHAPE), np.float32))  # traced before serving
+        server.RequestHandlerClass = drawing_handler(drawing_page(model_path, min_confidence),
+                                                     classify_drawing)
+        host, port = server.server_address[:2]
+        print(f"draw a digit at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+
+        def stop(signum, frame):
+            """Ctrl-C, or SIGTERM, stops the server."""
+            raise KeyboardInterrupt
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, stop)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    say(config, "stopped")
+    return 0
+
+
+DRAW_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Draw a digit</title>
+<link rel="icon" href="data:,">
+<style>
+  body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; background: #f6f6f3; }
+  h1 { font-size: 1.4rem; margin: 0 0 1rem; }
+  main { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
+  #pad { width: min(86vw, 336px); aspect-ratio: 1; background: #fff; border: 2px solid #999;
+         border-radius: 8px; touch-action: none; cursor: crosshair; display: block; }
+  button { font: inherit; padding: .35rem 1.2rem; margin-top: .6rem; }
+  #status { color: #666; margin-left: .6rem; }
+  #answer { min-width: 15rem; }
+  #prediction { font-size: 5.5rem; font-weight: 700; line-height: 1; }
+  #confidence { margin: .3rem 0 .8rem; color: #444; }
+  .unsure #prediction, .unsure #confidence { color: #c0392b; }
+  table { border-collapse: collapse; }
+  td { padding: .15rem .4rem; }
+  .bar { background: #4c72b0; height: .9rem; }
+  #seen { width: 112px; height: 112px; image-rendering: pixelated; background: #000;
+          border: 1px solid #999; display: block; margin-top: .3rem; }
+  footer { margin-top: 1.5rem; color: #777; font-size: .85rem; }
+</style>
+</head>
+<body>
+<h1>Draw a digit, 0 to 9</h1>
+<main>
+  <section>
+    <canvas id="pad" width="336" height="336" aria-label="drawing pad"></canvas>
+    <button id="clear" type="button">Clear</button><span id="status">with mouse, pen or finger</span>
+  </section>
+  <section id="answer" aria-live="polite">
+    <div>The model says</div>
+    <div id="prediction">&ndash;</div>
+    <div id="confidence">&nbsp;</div>
+    <table id="top"></table>
+    <div style="margin-top: 1rem">What the model saw (28&times;28)</div>
+    <canvas id="seen" width="28" height="28"></canvas>
+  </section>
+</main>
+<footer>{{facts}}</footer>
+<script>
+"use strict";
+const pad = document.getElementById("pad"), ink = pad.getContext("2d");
+const seen = document.getElementById("seen").getContext("2d");
+const $ = id => document.getElementById(id);
+let drawing = false, last = null, strokes = 0, cleared = 0, changed = false, busy = false;
+
+function blankPad() {
+  ink.fillStyle = "#fff";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  ink.strokeStyle = ink.fillStyle = "#000";
+  ink.lineWidth = 22;
+  ink.lineCap = ink.lineJoin = "round";
+}
+function at(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * pad.width / box.width,
+          (event.clientY - box.top) * pad.height / box.height];
+}
+function segment(from, to) {
+  ink.beginPath(); ink.moveTo(...from); ink.lineTo(...to); ink.stroke();
+}
+pad.addEventListener("pointerdown", event => {
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  drawing = true; strokes++; last = at(event);
+  segment(last, last);
+  update();
+});
+pad.addEventListener("pointermove", event => {
+  if (!drawing) return;
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const each of events.length ? events : [event]) {
+    const point = at(each);
+    segment(last, point);
+    last = point;
+  }
+  update();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, () => { if (drawing) { drawing = false; update(); } });
+}
+
+// One request in flight at a time; whatever was drawn meanwhile goes in the next.
+function update() { changed = true; if (!busy) ask(); }
+async function ask() {
+  busy = true;
+  while (changed && strokes) {
+    changed = false;
+    const round = cleared;
+    const png = await new Promise(done => pad.toBlob(done, "image/png"));
+    try {
+      const response = await fetch("predict", { method: "POST", body: png,
+                                                headers: { "Content-Type": "image/png" } });
+      const reply = await response.json();
+      if (round === cleared) show(reply);
+    } catch (error) {
+      $("status").textContent = "no answer from the server (" + error.message + ")";
+    }
+  }
+  busy = false;
+}
+function show(reply) {
+  const answer = $("answer"), rows = $("top");
+  rows.replaceChildren();
+  seen.fillStyle = "#000"; seen.fillRect(0, 0, 28, 28);
+  answer.classList.toggle("unsure", Boolean(reply && reply.unsure));
+  if (!reply || reply.error) {
+    $("prediction").textContent = "\\u2013";
+    $("confidence").textContent = reply ? (reply.blank ? "blank: draw a digit" : reply.error)
+                                        : "\\u00a0";
+    return;
+  }
+  $("prediction").textContent = reply.prediction;
+  $("confidence").textContent = (100 * reply.probability).toFixed(1) + "% sure" +
+    (reply.unsure ? " \\u2013 unsure (below " + Math.round(100 * reply.min_confidence) + "%)" : "");
+  for (const candidate of reply.top) {
+    const row = rows.insertRow();
+    row.insertCell().textContent = candidate.label;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = Math.max(1, Math.round(160 * candidate.probability)) + "px";
+    const cell = row.insertCell(); cell.style.width = "170px"; cell.append(bar);
+    row.insertCell().textContent = (100 * candidate.probability).toFixed(1) + "%";
+  }
+  const image = seen.createImageData(28, 28);
+  reply.pixels.forEach((value, i) => {
+    image.data.set([value, value, value, 255], 4 * i);
+  });
+  seen.putImageData(image, 0, 0);
+}
+function clearAll() { cleared++; strokes = 0; changed = false; blankPad(); show(null); }
+$("clear").addEventListener("click", clearAll);
+document.addEventListener("keydown", event => {
+  if (event.key === "Escape" || event.key === "Delete") clearAll();
+});
+blankPad();
+</script>
+</body>
+</html>
+"""
 
 
 # ---------------------------------------------------------------------------
@@ -2376,6 +2838,7 @@ def run_comparison(config, specs):
         print("\n" + "\n".join(table))
         print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png, "
               f"comparison.json, report.html")
+        print_tensorboard_command(config_record(config))
     if signals.received:
         print("interrupted: the comparison holds the architectures finished so far",
               file=sys.stderr)
@@ -2417,6 +2880,7 @@ nonnegative_int = checked(int, lambda v: v >= 0, "an integer of at least 0")
 positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number above 0")
 fraction = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 probability = checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+port_number = checked(int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
 
 
 def hidden_spec(text):
@@ -2445,7 +2909,11 @@ def build_parser():
                    subsequent_indent="    ") for name, values in PRESETS.items()))
     mode = parser.add_argument_group("what to do (default: train)").add_mutually_exclusive_group()
     mode.add_argument("--predict", nargs="+", metavar="IMAGE",
-                      help="classify image files with a saved model (see --model)")
+                      help="classify image files, or every image in a folder, with a saved model "
+                           "(see --model); writes predictions.csv and predictions.png")
+    mode.add_argument("--draw", action="store_true",
+                      help="serve a page on 127.0.0.1 where you draw a digit with mouse, pen or "
+                           "finger and see the saved model's answer as you draw (see --port)")
     mode.add_argument("--evaluate", action="store_true",
                       help="evaluate a saved model on the test set and write its reports "
                            "in OUTPUT_DIR/evaluation")
@@ -2515,15 +2983,21 @@ def build_parser():
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", metavar="DIR",
                         help=f"where reports and the model go (default: {d.output_dir})")
+    output.add_argument("--port", type=port_number, metavar="N",
+                        help=f"with --draw, the port to listen on; 0 picks a free one "
+                             f"(default: {DRAW_PORT})")
     output.add_argument("--model", metavar="PATH",
-                        help="saved model for --predict and --evaluate "
+                        help="saved model for --predict, --draw and --evaluate "
                              "(default: OUTPUT_DIR/model.keras)")
     output.add_argument("--json", action="store_true",
                         help="with --predict, print one JSON object per image")
     output.add_argument("--min-confidence", type=probability, metavar="P",
-                        help="with --predict, mark answers whose calibrated top probability is "
+                        help="with --predict or --draw, mark answers whose calibrated top probability is "
                              f"below P as unsure (default: {MIN_CONFIDENCE:g}; report.html shows "
                              "what each level means on the validation split)")
+    output.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard logs (per-epoch scalars, the model graph) to "
+                             "OUTPUT_DIR/tensorboard; needs the tensorboard package (default: off)")
     output.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -2532,8 +3006,8 @@ def parse_command_line(argv=None):
     """Parse and cross-check the flags; return (mode, config, options) or exit 2."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    mode = ("predict" if "predict" in args else "evaluate" if "evaluate" in args
-            else "compare" if "compare" in args else "train")
+    mode = next((name for name in ("predict", "draw", "evaluate", "compare") if name in args),
+                "train")
 
     def refuse(flag, reason):
         """Fail with a usage error if flag was given."""
@@ -2542,12 +3016,17 @@ def parse_command_line(argv=None):
 
     if mode != "predict":
         refuse("json", "only with --predict")
-        refuse("min_confidence", "only with --predict")
-    if mode not in ("predict", "evaluate"):
-        refuse("model", "only with --predict or --evaluate")
+    if mode not in ("predict", "draw"):
+        refuse("min_confidence", "only with --predict or --draw")
+    if mode != "draw":
+        refuse("port", "only with --draw")
+    if mode not in ("predict", "draw", "evaluate"):
+        refuse("model", "only with --predict, --draw or --evaluate")
     if mode != "train":
         refuse("resume", "only when training")
-    if mode in ("predict", "evaluate"):
+    if mode not in ("train", "compare"):
+        refuse("tensorboard", "only when training or comparing")
+    if mode in ("predict", "draw", "evaluate"):
         for flag in ("repeats", "epochs", "hidden", "preset", "patience", "resume", "augment",
                      "committee"):
             refuse(flag, f"has no effect with --{mode}")
@@ -2582,7 +3061,7 @@ def parse_command_line(argv=None):
     options = dict(specs=args.get("compare"), images=args.get("predict"),
                    json=args.get("json", False),
                    min_confidence=args.get("min_confidence", MIN_CONFIDENCE),
-                   model=model_path, recorded=recorded)
+                   model=model_path, recorded=recorded, port=args.get("port", DRAW_PORT))
     return mode, config, options
 
 
@@ -2591,9 +3070,14 @@ def main(argv=None):
     mode, config, options = parse_command_line(argv)
     failed = True
     try:
+        if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise RunError("--tensorboard needs the tensorboard package: "
+                           "pip install 'tensorboard>=2.16,<2.22'")
         if mode == "predict":
             status = run_prediction(config, options["model"], options["images"],
                                     options["json"], options["min_confidence"])
+        elif mode == "draw":
+            status = run_draw(config, options["model"], options["port"], options["min_confidence"])
         elif mode == "evaluate":
             if options["recorded"] and not config.quiet:
                 print(f"data: {config.data_dir or 'the Keras download'} ({config.dataset}), "

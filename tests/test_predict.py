@@ -1,5 +1,6 @@
 """--predict on a user's own image files, and the preprocessing that makes them MNIST-like."""
 
+import csv
 import json
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_bad_images_are_reported_and_the_rest_classified(tmp_path, model_path):
     folder.mkdir()
     missing = tmp_path / "missing.png"
     bad = {blank: "blank", empty: "empty", text: "not an image", truncated: "unreadable",
-           folder: "directory", missing: "no such file"}
+           folder: "folder with no files", missing: "no such file"}
     result = run_cli("--predict", good, *bad, "--model", model_path,
                      "--output-dir", tmp_path / "out")
     assert result.returncode == 1
@@ -157,3 +158,85 @@ def test_incompatible_model_is_refused(tmp_path):
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "train one first" in lines[0], result.stderr
+
+
+def test_a_folder_of_2000_images_gives_a_csv_row_each(tmp_path, model_path):
+    from conftest import synthetic_digits
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    images, _ = synthetic_digits(2000, seed=5)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"scan{i:04d}.png")
+    (folder / "README.txt").write_text("not an image")
+    (folder / "nested").mkdir()
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: not even reported
+    single = tmp_path / "single.png"
+    Image.fromarray(images[0]).save(single)
+    result = run_cli("--predict", single, folder, "--model", model_path,
+                     "--output-dir", tmp_path / "out", timeout=600)
+    assert result.returncode == 0, result.stderr
+    skipped = result.stderr.strip().splitlines()
+    assert skipped == [f"skipped: {folder / 'README.txt'}: not an image file Pillow can read",
+                       f"skipped: {folder / 'nested'}: is a folder with no files in it"]
+    assert "classified 2,001 images" in result.stdout
+    assert "skipped 2 files that are not images" in result.stdout
+    with open(tmp_path / "out" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2001
+    assert [row["file"] for row in rows] == [str(single)] + [
+        str(folder / f"scan{i:04d}.png") for i in range(2000)]
+    assert list(rows[0]) == list(dc.PREDICTION_COLUMNS)
+    for row in rows[:50]:
+        p = [float(row["probability"]), float(row["second_probability"]),
+             float(row["third_probability"])]
+        assert p == sorted(p, reverse=True) and len({row["prediction"], row["second"], row["third"]}) == 3
+        assert row["unsure"] == str(int(p[0] < dc.MIN_CONFIDENCE))
+    assert (tmp_path / "out" / "predictions.png").stat().st_size > 0
+
+
+def test_an_empty_folder_is_an_error_and_nothing_is_overwritten(tmp_path, model_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("earlier results\n")
+    (tmp_path / "empty").mkdir()
+    result = run_cli("--predict", tmp_path / "empty", "--model", model_path, "--output-dir", out)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / 'empty'}: is a folder with no files in it",
+        "error: no image to classify: none of the 1 files could be read"]
+    assert (out / "predictions.csv").read_text() == "earlier results\n"
+
+
+class RecordingModel:
+    """Stands in for a Keras model: records the batch sizes it was asked to predict."""
+
+    def __init__(self):
+        self.batches = []
+
+    def predict(self, images, batch_size, verbose):
+        self.batches.append(len(images))
+        return np.tile(np.linspace(0.01, 0.19, 10), (len(images), 1))
+
+
+def test_images_are_classified_a_bounded_chunk_at_a_time():
+    model = RecordingModel()
+    images = ((f"{i}.png", np.zeros((28, 28), np.float32)) for i in range(1001))
+    results = list(dc.classify(model, images, chunk=100))
+    assert model.batches == [100] * 10 + [1]
+    assert [path for path, _, _ in results] == [f"{i}.png" for i in range(1001)]
+
+
+def test_the_picture_shows_a_bounded_subset_unsure_first():
+    shown = dc.ShownImages(limit=4)
+    for i in range(10):
+        shown.offer(np.full((28, 28), i, np.float32), f"image {i}", unsure=i in (5, 7))
+    images, captions, colours, how_many = shown.chosen()
+    assert captions == ["image 5", "image 7", "image 0", "image 1"]
+    assert colours == ["tab:red", "tab:red", "black", "black"]
+    assert how_many == "4 of 10 images, the unsure first" and len(images) == 4
+    few = dc.ShownImages(limit=4)
+    for i in range(3):
+        few.offer(np.zeros((28, 28), np.float32), f"image {i}", unsure=i == 1)
+    assert few.chosen()[1:] == (["image 0", "image 1", "image 2"],
+                                ["black", "tab:red", "black"], "")

@@ -1,0 +1,373 @@
+"""--draw: the drawing page, its HTTP server under misuse, and a real browser drawing digits.
+
+The browser tests drive Debian's Chromium through chromedriver (`apt-get install -y chromium
+chromium-driver`; .ci/run does) and are skipped with the reason where it is absent, except
+under REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser fails them.
+"""
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import digit_classifier as dc
+from conftest import ROOT, SCRIPT, run_cli
+
+
+@contextlib.contextmanager
+def draw_server(model, *flags):
+    """The real CLI serving --draw on a free port; yields (port, process); Ctrl-C at the end
+    must stop it with exit status 0."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "--draw", "--model", str(model),
+                                "--port", "0", *flags], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        line = process.stdout.readline()  # printed once the model is loaded
+        assert line.startswith("draw a digit at http://127.0.0.1:"), (line, process.stderr.read())
+        port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        yield port, process
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, (out, err)
+    assert out.strip().endswith("stopped") and "Traceback" not in err, (out, err)
+    with socket.socket() as probe:  # nothing listens there now: a new --draw can take the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
+
+
+def request(port, method, path, body=None, headers=None):
+    """(status, parsed JSON or text body) of one HTTP request."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        payload = response.read()
+    finally:
+        connection.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, json.loads(payload) if "json" in kind else payload.decode(), response
+
+
+def png(array):
+    """PNG bytes of a uint8 array."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def a_one():
+    """A drawn "1": a black bar on white, as the page sends it."""
+    canvas = np.full((336, 336), 255, np.uint8)
+    canvas[50:290, 155:180] = 0
+    return png(canvas)
+
+
+def rss_kib(pid):
+    """Resident memory of a process, in KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def synthetic_model(trained_synthetic):
+    return trained_synthetic[0] / "model.keras"
+
+
+@pytest.fixture(scope="module")
+def server(synthetic_model):
+    with draw_server(synthetic_model) as running:
+        yield running
+
+
+def test_the_page_is_one_self_contained_file(server):
+    port, _ = server
+    status, page, response = request(port, "GET", "/")
+    assert status == 200 and response.getheader("Content-Type") == "text/html; charset=utf-8"
+    assert "<canvas id=\"pad\"" in page and "pointerdown" in page and "id=\"clear\"" in page
+    for outside in ("http://", "https://", "src=", "@import", "url("):
+        assert outside not in page, outside
+    assert page.count("<link") == page.count('<link rel="icon" href="data:,">') == 1  # no favicon
+    assert "default-src 'none'" in response.getheader("Content-Security-Policy")
+    assert "answers below 80% are marked unsure" in page
+
+
+def test_a_drawing_gets_the_prediction_three_candidates_and_the_image_seen(server):
+    port, _ = server
+    status, reply, _ = request(port, "POST", "/predict", a_one(), {"Content-Type": "image/png"})
+    assert status == 200 and reply["blank"] is False
+    assert [c["label"] for c in reply["top"]][0] == reply["prediction"] and len(reply["top"]) == 3
+    probabilities = [c["probability"] for c in reply["top"]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    seen = np.array(reply["pixels"], np.uint8).reshape(28, 28)
+    expected = np.round(dc.to_mnist_format(dc.decode_image(io.BytesIO(a_one()))) * 255)
+    np.testing.assert_array_equal(seen, expected)  # the --predict preprocessing, exactly
+
+
+BAD_REQUESTS = [
+    ("GET", "/nothing-here", None, {}, 404),
+    ("GET", "/../../etc/passwd", None, {}, 404),
+    ("GET", "/%2e%2e/%2e%2e/etc/passwd", None, {}, 404),
+    ("GET", "//etc/passwd", None, {}, 404),
+    ("GET", "/predict/../digit_classifier.py", None, {}, 404),
+    ("GET", "/digit_classifier.py", None, {}, 404),
+    ("GET", "/predict", None, {}, 405),
+    ("POST", "/", b"x", {}, 405),
+    ("POST", "/elsewhere", b"x", {}, 404),
+    ("PUT", "/predict", b"x", {}, 405),
+    ("DELETE", "/", None, {}, 405),
+    ("BREW", "/", None, {}, 405),
+    ("POST", "/predict", b"this is not an image", {}, 415),
+    ("POST", "/predict", png(np.full((20, 20), 255, np.uint8))[:40], {}, 415),  # truncated
+    ("POST", "/predict", png(np.full((5000, 5000), 255, np.uint8)), {}, 415),  # 25 megapixels
+    ("POST", "/predict", b"x" * 10, {"Content-Length": "abc"}, 400),
+]
+
+
+@pytest.mark.parametrize("method, path, body, headers, expected", BAD_REQUESTS,
+                         ids=[f"{m} {p} {e}" for m, p, _, _, e in BAD_REQUESTS])
+def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, method, path, body,
+                                                             headers, expected):
+    port, process = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.putrequest(method, path, skip_accept_encoding=True)
+    if "Content-Length" not in headers and body is not None:
+        headers = {**headers, "Content-Length": str(len(body))}
+    for key, value in headers.items():
+        connection.putheader(key, value)
+    connection.endheaders(body)
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    assert response.status == expected, payload
+    if method != "HEAD":
+        assert json.loads(payload)["error"]
+    if expected == 405:
+        assert response.getheader("Allow")
+    assert process.poll() is None
+    assert request(port, "POST", "/predict", a_one())[0] == 200
+
+
+def test_blank_drawings_are_answered_blank_not_guessed(server):
+    port, _ = server
+    for blank in (np.full((336, 336), 255, np.uint8), np.full((336, 336), 250, np.uint8)):
+        status, reply, _ = request(port, "POST", "/predict", png(blank))
+        assert status == 422 and reply["blank"] is True and "prediction" not in reply
+
+
+def test_oversized_and_unsized_bodies_are_refused_unread(server):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n" +
+                    b"\0" * 1000)  # never sends the other 49,999,000 bytes
+        assert raw.recv(100).startswith(b"HTTP/1.0 413")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\nhello\r\n0\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.0 411")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"GET / NOT-HTTP\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.0 400")
+    assert request(port, "POST", "/predict", a_one())[0] == 200
+
+
+def test_a_burst_of_requests_is_answered_without_growing_memory(server):
+    port, process = server
+    drawing = a_one()
+
+    def burst(count):
+        statuses = []
+
+        def send(n):
+            statuses.extend(request(port, "POST", "/predict", drawing)[0] for _ in range(n))
+
+        threads = [threading.Thread(target=send, args=(count // 4,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return statuses
+
+    assert set(burst(60)) == {200}  # warm: every code path and buffer used once
+    before = rss_kib(process.pid)
+    statuses = burst(400)
+    after = rss_kib(process.pid)
+    assert statuses == [200] * 400
+    print(f"server memory: {before / 1024:.1f} MiB before 400 requests, {after / 1024:.1f} after")
+    assert after - before < 20 * 1024
+
+
+def test_a_taken_port_is_a_one_line_error_naming_port(synthetic_model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--draw", "--model", synthetic_model, "--port", port)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use; choose another with --port"]
+
+
+def test_draw_usage_errors(tmp_path):
+    for flags, message in ((["--draw", "--port", "70000"], "a port number from 0 to 65535"),
+                           (["--port", "8000"], "--port: only with --draw"),
+                           (["--draw", "--epochs", "3"], "has no effect with --draw")):
+        result = run_cli(*flags)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = run_cli("--draw", "--model", tmp_path / "none.keras")
+    assert result.returncode == 1 and "train one first" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# A real browser
+# ---------------------------------------------------------------------------
+
+def browser_or_skip():
+    """Chromium driven by chromedriver, headless; skipped with the reason when absent."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    reason = None
+    try:
+        from selenium import webdriver
+    except ImportError:
+        reason = "selenium is not installed (pip install -r requirements-dev.txt)"
+    if reason is None and not (chromium and driver_path):
+        reason = "no Chromium here: apt-get install -y chromium chromium-driver"
+    if reason:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=900,720", "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    from selenium.common.exceptions import SessionNotCreatedException
+
+    for attempt in (1, 2):  # Chromium's first start on a loaded machine can time out
+        try:
+            return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path),
+                                    options=options)
+        except SessionNotCreatedException:
+            if attempt == 2:
+                raise
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = browser_or_skip()
+    yield driver
+    driver.quit()
+
+
+def traced(digit):
+    """Strokes that retrace an MNIST digit: along each row, one stroke over each run of ink,
+    in pad units (0-1)."""
+    strokes = []
+    for row in range(28):
+        ink = np.flatnonzero(digit[row] > 127)
+        if ink.size:
+            for run in np.split(ink, np.flatnonzero(np.diff(ink) > 1) + 1):
+                y = (row + 0.5) / 28
+                strokes.append([((run[0] + 0.5) / 28, y), ((run[-1] + 0.5) / 28, y)])
+    return strokes
+
+
+def by_hand(*corners, steps=12):
+    """One stroke through corners (pad units), with points in between as a hand makes them."""
+    points = [corners[0]]
+    for start, end in zip(corners, corners[1:]):
+        points += [(start[0] + (end[0] - start[0]) * t / steps,
+                    start[1] + (end[1] - start[1]) * t / steps) for t in range(1, steps + 1)]
+    return [points]
+
+
+def draw(driver, strokes, kind):
+    """Draw strokes on the pad with real pointer events of kind ("mouse", "pen", "touch")."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+    from selenium.webdriver.common.by import By
+
+    pad = driver.find_element(By.ID, "pad")
+    size = pad.rect["width"]
+    pointer = PointerInput({"mouse": interaction.POINTER_MOUSE, "pen": interaction.POINTER_PEN,
+                            "touch": interaction.POINTER_TOUCH}[kind], kind)
+    actions = ActionBuilder(driver, mouse=pointer, duration=10)
+
+    def offset(point):  # W3C actions measure from the element's centre
+        return round((point[0] - 0.5) * (size - 4)), round((point[1] - 0.5) * (size - 4))
+
+    for stroke in strokes:
+        actions.pointer_action.move_to(pad, *offset(stroke[0])).pointer_down()
+        for point in stroke[1:]:
+            actions.pointer_action.move_to(pad, *offset(point))
+        actions.pointer_action.pointer_up()
+    actions.perform()
+
+
+def answer_on_page(driver):
+    """Wait for the page's last request to come back; return what it shows."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return !busy && !changed"))
+    return driver.execute_script("""
+        const seen = document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28);
+        let ink = 0;
+        for (let i = 0; i < seen.data.length; i += 4) ink += seen.data[i];
+        return {prediction: document.getElementById('prediction').textContent,
+                confidence: document.getElementById('confidence').textContent,
+                rows: [...document.querySelectorAll('#top tr')].map(r => r.textContent),
+                ink: ink};""")
+
+
+@pytest.fixture(scope="module")
+def mnist_digits(mnist_dir):
+    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
+    return arrays["x_test"], arrays["y_test"]
+
+
+def test_a_person_draws_digits_in_a_real_browser(browser, trained_mnist, mnist_digits,
+                                                  tmp_path):
+    from selenium.webdriver.common.by import By
+
+    x_test, y_test = mnist_digits
+    first = {label: x_test[np.flatnonzero(y_test == label)[0]] for label in (1, 7)}
+    drawings = [("traced 1", traced(first[1]), "mouse", "1"),
+                ("traced 7", traced(first[7]), "pen", "7"),
+                ("a 1 by hand", by_hand((0.52, 0.15), (0.48, 0.85)), "touch", "1"),
+                ("a 7 by hand", by_hand((0.25, 0.2), (0.75, 0.2), (0.42, 0.85)), "mouse", "7")]
+    with draw_server(trained_mnist / "model.keras") as (port, _):
+        browser.get(f"http://127.0.0.1:{port}/")
+        assert browser.title == "Draw a digit"
+        for name, strokes, kind, expected in drawings:
+            browser.find_element(By.ID, "clear").click()
+            draw(browser, strokes, kind)
+            shown = answer_on_page(browser)
+            print(f"{name} ({kind}): {shown['prediction']}, {shown['confidence']}")
+            assert shown["prediction"] == expected, (name, shown)
+            assert "% sure" in shown["confidence"] and len(shown["rows"]) == 3
+            assert shown["rows"][0].startswith(expected) and shown["ink"] > 0
+        screenshot = os.environ.get("DRAW_SCREENSHOT") or str(tmp_path / "draw.png")
+        browser.save_screenshot(screenshot)
+        browser.find_element(By.ID, "clear").click()
+        cleared = answer_on_page(browser)
+        assert cleared["prediction"] == "–" and cleared["ink"] == 0 and not cleared["rows"]
+        # No script error and no failed request (a warning about the test's own readback of
+        # the 28x28 canvas is all there may be).
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

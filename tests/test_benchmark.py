@@ -1,4 +1,4 @@
-"""benchmarks/speed.py runs end to end (on synthetic data; no assertion on any time)."""
+"""The benchmarks run end to end (on synthetic data; no assertion on any time)."""
 
 import subprocess
 import sys
@@ -64,3 +64,16 @@ def test_recipes_benchmark_reports_a_failing_run(synthetic_dir, tmp_path):
                              "--output-dir", str(tmp_path), "--recipe", "bad=--epochs 0"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "failed (2)" in result.stderr
+
+
+def test_levers_benchmark_tables_every_variant_against_the_default(synthetic_dir):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"),
+                             "--data-dir", str(synthetic_dir), "--repeats", "1", "--epochs", "2",
+                             "--variants", "default", "xla", "spe-1", "onednn-off"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()
+            if line.split() and line.split()[0] in ("default", "xla", "spe-1", "onednn-off")}
+    assert set(rows) == {"default", "xla", "spe-1", "onednn-off"}
+    assert " 1.00x " in rows["default"]
+    assert "medians over 1 runs each (2 epochs, batch 512)" in result.stdout

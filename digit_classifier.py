@@ -2456,6 +2456,14 @@ def open_drawing_server(port):
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True  # a stalled client never holds up Ctrl-C
 
+        def handle_error(self, request, client_address):
+            """A client that hung up mid-reply is no error of ours; anything else is one line,
+            not socketserver's traceback, and the server goes on serving."""
+            error = sys.exc_info()[1]
+            if not isinstance(error, (ConnectionError, TimeoutError)):
+                print(f"error: request from {client_address[0]}: {type(error).__name__}: "
+                      f"{error}", file=sys.stderr)
+
     try:
         return Server(("127.0.0.1", port), http.server.BaseHTTPRequestHandler)
     except OSError as err:

@@ -1673,15 +1673,19 @@ def print_summary(record, paths, quiet):
     print("\nwrote:")
     for path in paths:
         print(f"  {Path(path).resolve()}")
-    print_tensorboard_command(record["config"])
+    if record["config"].get("tensorboard"):
+        print_tensorboard_command(record["config"]["output_dir"])
 
 
-def print_tensorboard_command(config):
-    """With --tensorboard, the command that shows the logs."""
-    if config.get("tensorboard"):
-        logs = Path(config["output_dir"]) / "tensorboard"
-        print(f"\nTensorBoard logs (per-epoch scalars and the model graph): "
-              f"tensorboard --logdir {shlex.quote(str(logs))}")
+def tensorboard_logs(output_dir):
+    """The folder --tensorboard writes under OUTPUT_DIR: one sub-folder per training run."""
+    return Path(output_dir) / "tensorboard"
+
+
+def print_tensorboard_command(output_dir):
+    """The command that shows --tensorboard's logs."""
+    print(f"\nTensorBoard logs (per-epoch scalars and the model graph): "
+          f"tensorboard --logdir {shlex.quote(str(tensorboard_logs(output_dir)))}")
 
 
 # ---------------------------------------------------------------------------
@@ -1798,8 +1802,7 @@ def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, cal
 
 def tensorboard_dir(config):
     """Where --tensorboard logs one training run: a folder per architecture and seed."""
-    return (Path(config.output_dir) / "tensorboard"
-            / f"{format_hidden(config.hidden)}_seed{config.seed}")
+    return tensorboard_logs(config.output_dir) / f"{format_hidden(config.hidden)}_seed{config.seed}"
 
 
 def run_figures(result, seed):
@@ -2147,18 +2150,26 @@ def load_saved_model(path, config):
     return model
 
 
-def recorded_data(model_path):
-    """The dataset and data directory of the run that saved model_path (its metrics.json
-    beside it), or None when there is no readable record."""
+def saved_record(model_path):
+    """The record (metrics.json beside it) of the run that saved model_path, or None."""
     try:
-        record = json.loads((Path(model_path).parent / "metrics.json").read_text())
+        return json.loads((Path(model_path).parent / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def recorded_data(model_path):
+    """The dataset and data directory of the run that saved model_path, or None when there
+    is no readable record."""
+    record = saved_record(model_path)
+    try:
         dataset, data_dir = record["config"]["dataset"], record["config"]["data_dir"]
         if dataset not in DATASETS:
             return None
         if data_dir is not None:
             data_dir = record["dataset"]["source"]  # resolved when the run read it
         return dict(dataset=dataset, data_dir=data_dir)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
 
 
@@ -2218,8 +2229,7 @@ def read_image(path):
     if not path.exists():
         raise ImageError("no such file")
     if path.is_dir():
-        visible = [entry for entry in path.iterdir() if not entry.name.startswith(".")]
-        raise ImageError("is a folder, not an image" if visible
+        raise ImageError("is a folder, not an image" if visible_entries(path)
                          else "is a folder with no files in it")
     if path.stat().st_size == 0:
         raise ImageError("file is empty")
@@ -2304,13 +2314,18 @@ PREDICTION_COLUMNS = ("file", "prediction", "probability", "second", "second_pro
                       "third", "third_probability", "unsure")
 
 
+def visible_entries(folder):
+    """What a folder holds, sorted by name, hidden files (a leading dot) left out."""
+    return sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+
+
 def image_sources(paths):
-    """(path, named) for each file named and for each file in each folder named, sorted by
-    name (hidden files left out); named is False for a folder's files."""
+    """(path, named) for each file named and for each file in each folder named;
+    named is False for a folder's files."""
     for path in map(Path, paths):
-        entries = sorted(path.iterdir()) if path.is_dir() else ()
-        if any(not entry.name.startswith(".") for entry in entries):
-            yield from ((entry, False) for entry in entries if not entry.name.startswith("."))
+        entries = visible_entries(path) if path.is_dir() else []
+        if entries:
+            yield from ((entry, False) for entry in entries)
         else:  # a file, or a folder with nothing in it (reported as an error)
             yield path, True
 
@@ -2400,10 +2415,10 @@ def run_prediction(config, model_path, image_paths, as_json, min_confidence=MIN_
                                                                   problems)):
                 result = answer(p, class_names, min_confidence)
                 unsure_count += result["unsure"]
-                second, third = (result["candidates"] + [dict(label="", probability=None)] * 2)[:2]
+                second, third = result["candidates"]
                 writer.writerow([path, result["prediction"], f"{result['probability']:.6f}",
-                                 second["label"], fixed(second["probability"]),
-                                 third["label"], fixed(third["probability"]),
+                                 second["label"], f"{second['probability']:.6f}",
+                                 third["label"], f"{third['probability']:.6f}",
                                  int(result["unsure"])])
                 if as_json:
                     print(json.dumps(dict(file=str(path), **result)))
@@ -2433,11 +2448,6 @@ def run_prediction(config, model_path, image_paths, as_json, min_confidence=MIN_
               + (f"; skipped {skipped:,} files that are not images" if skipped else ""))
         print(f"wrote {output_dir / 'predictions.csv'}\nwrote {output_dir / 'predictions.png'}")
     return 1 if any(named for _, named in problems) else 0
-
-
-def fixed(value):
-    """A probability for the CSV: six decimals, or empty."""
-    return "" if value is None else f"{value:.6f}"
 
 
 # ---------------------------------------------------------------------------
@@ -2531,11 +2541,12 @@ def drawing_handler(page, classify_drawing):
                 return self.refuse(411, "a Content-Length header is required")
             if not length.isdigit():
                 return self.refuse(400, f"bad Content-Length {length!r}")
-            if int(length) > DRAWING_MAX_BYTES:
+            length = int(length)
+            if length > DRAWING_MAX_BYTES:
                 self.close_connection = True  # the body is never read
                 return self.refuse(413, f"a drawing is at most {DRAWING_MAX_BYTES:,} bytes")
-            body = self.rfile.read(int(length))
-            if len(body) < int(length):
+            body = self.rfile.read(length)
+            if len(body) < length:
                 return self.refuse(400, "the body is shorter than its Content-Length")
             status, result = classify_drawing(body)
             self.reply(status, json.dumps(result).encode(), "application/json")
@@ -2577,14 +2588,14 @@ def drawing_handler(page, classify_drawing):
 def drawing_page(model_path, min_confidence):
     """The page, with what is known about the model filled in at the foot."""
     facts = [f"model: {model_path}"]
+    record = saved_record(model_path)
     try:
-        record = json.loads((Path(model_path).parent / "metrics.json").read_text())
         facts.append(f"test accuracy {record['test_accuracy']:.2%} on "
                      f"{record['dataset']['title']}")
         calibration = record.get("calibration") or {}
         facts.append(f"probabilities calibrated (temperature {calibration['temperature']:.3f})"
                      if calibration.get("fitted") else "probabilities not calibrated")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):  # no record, or not one this script wrote
         pass
     facts.append(f"answers below {min_confidence:.0%} are marked unsure")
     return DRAW_PAGE.replace("{{facts}}", html.escape(" · ".join(facts))).encode()
@@ -2846,7 +2857,8 @@ def run_comparison(config, specs):
         print("\n" + "\n".join(table))
         print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png, "
               f"comparison.json, report.html")
-        print_tensorboard_command(config_record(config))
+        if config.tensorboard:
+            print_tensorboard_command(config.output_dir)
     if signals.received:
         print("interrupted: the comparison holds the architectures finished so far",
               file=sys.stderr)
@@ -3079,8 +3091,8 @@ def main(argv=None):
     failed = True
     try:
         if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise RunError("--tensorboard needs the tensorboard package: "
-                           "pip install 'tensorboard>=2.16,<2.22'")
+            raise RunError("--tensorboard needs the tensorboard package; install it with: "
+                           "pip install -r requirements.txt")
         if mode == "predict":
             status = run_prediction(config, options["model"], options["images"],
                                     options["json"], options["min_confidence"])

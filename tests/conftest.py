@@ -21,12 +21,19 @@ FAST = ["--epochs", "2", "--hidden", "32", "--batch-size", "64", "--augment", "n
 
 def run_cli(*args, timeout=300, env=None, cwd=None):
     """Run the real command line; return the CompletedProcess (text mode)."""
-    # Importing TensorFlow in this test process sets TF_CPP_MIN_LOG_LEVEL=1 in its
-    # environment; a user's shell has none, so the CLI runs here without it too.
-    full_env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    full_env.update(env or {})
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT)
+                          text=True, timeout=timeout, env=cli_environment(env), cwd=cwd or ROOT)
+
+
+def cli_environment(extra=None):
+    """The environment the CLI runs in: this one, less what importing TensorFlow here added.
+
+    Importing TensorFlow in this test process sets TF_CPP_MIN_LOG_LEVEL=1 in its environment;
+    a user's shell has none, so the CLI runs here without it too.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(extra or {})
+    return env
 
 
 def write_idx(path, array):

@@ -23,17 +23,17 @@ import pytest
 from PIL import Image
 
 import digit_classifier as dc
-from conftest import ROOT, SCRIPT, run_cli
+from conftest import ROOT, SCRIPT, cli_environment, run_cli
 
 
 @contextlib.contextmanager
 def draw_server(model, *flags):
     """The real CLI serving --draw on a free port; yields (port, process); Ctrl-C at the end
     must stop it with exit status 0."""
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     process = subprocess.Popen([sys.executable, str(SCRIPT), "--draw", "--model", str(model),
                                 "--port", "0", *flags], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=cli_environment())
     try:
         line = process.stdout.readline()  # printed once the model is loaded
         assert line.startswith("draw a digit at http://127.0.0.1:"), (line, process.stderr.read())

@@ -14,6 +14,7 @@ accuracy at the end. Variants:
 - bf16:         keras.mixed_precision policy mixed_bfloat16 (the CPU has AVX-512 BF16 or not);
 - threads-1:    TensorFlow intra- and inter-op parallelism 1;
 - threads-2:    both 2 (one per core of the development machine);
+- inter-1:      inter-op parallelism 1 (one op at a time), intra-op left to TensorFlow;
 - onednn-off:   TF_ENABLE_ONEDNN_OPTS=0;
 - spe-1:        steps_per_execution 1 instead of the default;
 - spe-epoch:    steps_per_execution = one whole epoch per call.
@@ -32,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("default", "xla", "bf16", "threads-1", "threads-2", "onednn-off", "spe-1",
-            "spe-epoch")
+VARIANTS = ("default", "xla", "bf16", "threads-1", "threads-2", "inter-1", "onednn-off",
+            "spe-1", "spe-epoch")
 
 
 def worker(variant, data_dir, epochs):
@@ -58,6 +59,8 @@ def worker(variant, data_dir, epochs):
         threads = int(variant.split("-")[1])
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if variant == "inter-1":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     if variant == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     data = dc.split_and_scale(arrays, 0.0, config.seed)

@@ -103,11 +103,12 @@ def test_preset_values_apply_and_flags_override_them():
 
 def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
     _, config, _ = dc.parse_command_line(["--preset", "best"])
-    assert config.augment == "elastic" and config.committee > 1
+    assert config.augment == "elastic" and config.committee > 1 and config.deskew
     assert config.validation_split == 0.05 and config.dropout == 0
     _, config, _ = dc.parse_command_line(["--preset", "best", "--committee", "2",
-                                          "--epochs", "3", "--augment"])
+                                          "--epochs", "3", "--augment", "--no-deskew"])
     assert (config.committee, config.epochs, config.augment) == (2, 3, "affine")
+    assert not config.deskew and not dc.parse_command_line([])[1].deskew
     assert config.hidden == dc.PRESETS["best"]["hidden"]
 
 
@@ -116,7 +117,8 @@ def test_augment_kinds_and_committee_size_are_checked():
     assert dc.parse_command_line([])[1].augment == "affine"
     assert dc.parse_command_line(["--augment", "none"])[1].augment is None
     for argv in (["--augment", "warp"], ["--committee", "0"],
-                 ["--evaluate", "--committee", "2"], ["--predict", "x.png", "--augment"]):
+                 ["--evaluate", "--committee", "2"], ["--predict", "x.png", "--augment"],
+                 ["--predict", "x.png", "--deskew"], ["--deskew=yes"]):
         with pytest.raises(SystemExit) as exit_info:
             dc.parse_command_line(argv)
         assert exit_info.value.code == 2
@@ -136,8 +138,8 @@ def test_evaluate_writes_to_its_own_subdirectory_by_default():
 FLAG_NAMES = ["--epochs", "--hidden", "--batch-size", "--learning-rate", "--validation-split",
               "--seed", "--dropout", "--patience", "--warmup-epochs", "--lr-schedule",
               "--repeats", "--preset", "--dataset", "--compare", "--predict", "--evaluate",
-              "--resume", "--json", "--quiet", "--augment", "--committee", "--deterministic", "--backend",
-              "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--", "-h"]
+              "--resume", "--json", "--quiet", "--augment", "--committee", "--deskew",
+              "--deterministic", "--backend", "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--", "-h"]
 VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(str),
                    st.sampled_from(["abc", "", "none", "1,2", "cosine", "seed", "mnist",
                                     "tensorflow", "1e-3", "0.5", "-", "1.5", "inf"]),

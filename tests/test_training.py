@@ -224,12 +224,98 @@ def test_elastic_field_is_smooth_and_independent_in_x_and_y():
     keras.utils.set_random_seed(0)
     layer = dc.distortion_layer_class()(elastic=34.0, sigma=4.0)
     field = np.asarray(layer.smoothed_noise(64, 28, 28))
-    assert field.shape == (64, 28, 28, 2)
+    assert field.shape == (64, 2, 28, 28)
     # Keras' own RandomElasticTransform draws both from one seed: x and y move together.
-    assert abs(np.corrcoef(field[..., 0].ravel(), field[..., 1].ravel())[0, 1]) < 0.1
+    assert abs(np.corrcoef(field[:, 0].ravel(), field[:, 1].ravel())[0, 1]) < 0.1
     # Smoothed: neighbouring displacements are alike, unlike raw uniform noise.
-    neighbours = np.corrcoef(field[:, 10:18, 10:17, 0].ravel(), field[:, 10:18, 11:18, 0].ravel())
+    neighbours = np.corrcoef(field[:, 0, 10:18, 10:17].ravel(), field[:, 0, 10:18, 11:18].ravel())
     assert neighbours[0, 1] > 0.9
+
+
+def test_gaussian_matrix_blurs_as_a_zero_padded_convolution():
+    sigma = 4.0
+    radius = 12  # 3 sigma
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    signal = np.random.default_rng(3).uniform(-1, 1, 28)
+    expected = np.convolve(signal, taps, mode="same")  # zeros beyond both ends
+    np.testing.assert_allclose(dc.gaussian_matrix(28, sigma) @ signal, expected, atol=1e-6)
+
+
+def test_bilinear_sampling_matches_a_reference_anywhere_in_and_around_the_image():
+    rng = np.random.default_rng(4)
+    images = rng.random((3, 28, 28)).astype(np.float32)
+    src_y = rng.uniform(-8, 36, images.shape).astype(np.float32)
+    src_x = rng.uniform(-8, 36, images.shape).astype(np.float32)
+    src_y[0, 0, :6], src_x[0, 0, :6] = [-1, 0, 27, 28, 27.5, -0.5], [0, -1, 28, 27, 3, 13]
+
+    def pixel(b, row, col):  # 0 outside the image
+        return images[b, row, col] if 0 <= row < 28 and 0 <= col < 28 else 0.0
+
+    expected = np.zeros(images.shape)
+    for b, i, j in np.ndindex(images.shape):
+        y, x = float(src_y[b, i, j]), float(src_x[b, i, j])
+        y0, x0 = int(np.floor(y)), int(np.floor(x))
+        dy, dx = y - y0, x - x0
+        expected[b, i, j] = ((1 - dy) * ((1 - dx) * pixel(b, y0, x0) + dx * pixel(b, y0, x0 + 1))
+                             + dy * ((1 - dx) * pixel(b, y0 + 1, x0) + dx * pixel(b, y0 + 1, x0 + 1)))
+    sample = dc.distortion_layer_class().bilinear
+    np.testing.assert_allclose(np.asarray(sample(images, src_y, src_x)), expected, atol=1e-5)
+
+
+def sheared_bar(skew, centre=(14.0, 14.0)):
+    """A bar 17 pixels tall leaning by skew pixels sideways per pixel down, as an image."""
+    image = np.zeros((28, 28), np.float32)
+    for row in range(int(centre[0]) - 8, int(centre[0]) + 9):
+        col = centre[1] + skew * (row - centre[0])
+        left = int(np.floor(col))
+        image[row, left - 1:left + 2] = 1.0
+    return image
+
+
+def image_moments(image):
+    rows, cols = np.mgrid[:28, :28]
+    mass = image.sum()
+    cy, cx = (image * rows).sum() / mass, (image * cols).sum() / mass
+    skew = (image * (rows - cy) * (cols - cx)).sum() / (image * (rows - cy) ** 2).sum()
+    return cy, cx, skew
+
+
+def test_deskewing_stands_a_slanted_stroke_upright_and_centres_it():
+    slanted = sheared_bar(0.5, centre=(12.0, 17.0))
+    assert image_moments(slanted)[2] == pytest.approx(0.5, abs=0.05)
+    upright, blank = np.asarray(dc.deskew_model()(np.stack([slanted, np.zeros((28, 28))])))
+    cy, cx, skew = image_moments(upright)
+    assert abs(skew) < 0.05 and cy == pytest.approx(14, abs=0.3) and cx == pytest.approx(14, abs=0.3)
+    assert upright.sum() == pytest.approx(slanted.sum(), rel=0.05)  # ink moved, not lost
+    np.testing.assert_array_equal(blank, 0)  # nothing to deskew: no NaN, nothing invented
+    straight = sheared_bar(0.0)
+    np.testing.assert_allclose(np.asarray(dc.deskew_model()(straight[None]))[0], straight,
+                               atol=0.02)
+
+
+def test_a_deskewing_model_deskews_in_use_and_after_a_plain_keras_load(tmp_path):
+    import keras
+
+    model = dc.inference_model(dc.build_model((16,), augment="elastic", deskew=True))
+    assert dc.architecture(model).startswith("Deskew -> Flatten")
+    images = np.stack([sheared_bar(0.6), sheared_bar(-0.4)]).astype(np.float32)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.save(tmp_path / "images.npy", images)
+    # Another program, which imports only Keras, gets the same probabilities.
+    check = subprocess.run([sys.executable, "-c", (
+        "import sys, keras, numpy as np; m = keras.models.load_model(sys.argv[1]); "
+        "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))"),
+        str(path), str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+        capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(images, verbose=0),
+                               atol=1e-6)
+    # The two slants are deskewed to nearly the same image, so the network sees nearly the same.
+    body = keras.Sequential(model.layers[:1])
+    upright = np.asarray(body(images))
+    assert np.abs(upright[0] - upright[1]).mean() < 0.25 * np.abs(images[0] - images[1]).mean()
 
 
 def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
@@ -256,10 +342,12 @@ def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
 def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
-                     "--committee", "2", "--epochs", "2", "--hidden", "16", "--batch-size", "64")
+                     "--deskew", "--committee", "2", "--epochs", "2", "--hidden", "16",
+                     "--batch-size", "64")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["committee"] == 2 and metrics["config"]["augment"] == "elastic"
+    assert metrics["config"]["deskew"] is True
     assert len(metrics["member_test_accuracy"]) == 2
     members = re.search(r'<span id="members">([^<]*)</span>', (out / "report.html").read_text())
     assert members.group(1) == ", ".join(f"{a:.2%}" for a in metrics["member_test_accuracy"])
@@ -281,7 +369,7 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
     pytest.importorskip("jax", reason="the JAX backend needs jax (requirements-dev.txt)")
     out = tmp_path / "out"
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--backend", "jax",
-                     "--augment", "elastic", "--committee", "2", *FAST)
+                     "--augment", "elastic", "--deskew", "--committee", "2", *FAST)
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())
     assert trained["config"]["backend"] == "jax"
@@ -294,8 +382,9 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
 
 
 def test_checkpoint_of_a_distorting_committee_loads_for_resume(tmp_path):
-    config = dc.Config(hidden=(8,), augment="elastic", committee=2, quiet=True)
-    model = dc.compile_model(dc.build_model(config.hidden, 0.0, "elastic", committee=2),
+    config = dc.Config(hidden=(8,), augment="elastic", deskew=True, committee=2, quiet=True)
+    model = dc.compile_model(dc.build_model(config.hidden, 0.0, "elastic", committee=2,
+                                            deskew=True),
                              config, steps_per_epoch=4)
     checkpoint = dc.Checkpoint(tmp_path)
     checkpoint.save(model, 1, [{"epoch": 1}], config)

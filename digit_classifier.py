@@ -84,6 +84,7 @@ class Config:
     dropout: float = 0.2
     augment: str | None = "affine"
     deskew: bool = False
+    width_norm: bool = False
     committee: int = 1
     epochs: int = 30
     batch_size: int = 512
@@ -119,9 +120,9 @@ PRESETS = {
 }
 
 # Settings that change what a checkpoint holds; a resumed run must match them all.
-RESUME_KEYS = ("dataset", "data_dir", "hidden", "dropout", "augment", "deskew", "committee",
-               "epochs", "batch_size", "learning_rate", "lr_schedule", "warmup_epochs",
-               "validation_split", "seed", "steps_per_execution", "backend")
+RESUME_KEYS = ("dataset", "data_dir", "hidden", "dropout", "augment", "deskew", "width_norm",
+               "committee", "epochs", "batch_size", "learning_rate", "lr_schedule",
+               "warmup_epochs", "validation_split", "seed", "steps_per_execution", "backend")
 
 
 def format_hidden(hidden):
@@ -374,14 +375,17 @@ def split_and_scale(arrays, validation_split, seed):
 # Model
 # ---------------------------------------------------------------------------
 
-def build_model(hidden, dropout=0.0, augment=None, dataset="mnist", committee=1, deskew=False):
+def build_model(hidden, dropout=0.0, augment=None, dataset="mnist", committee=1, deskew=False,
+                width_norm=False):
     """Input(28, 28) -> [distortion] -> [deskew] -> Flatten -> Dense(w, relu) [+ Dropout] ...
     -> softmax.
 
     With committee > 1: that many such networks side by side, each with its own initial
     weights and its own random distortions of every batch, their outputs stacked to
     (batch, committee, 10) so that each member is trained on its own loss (see
-    committee_labels); inference_model averages them.
+    committee_labels); inference_model averages them. With width_norm, the members' deskewing
+    also brings the ink to the width MEMBER_INK_WIDTHS gives each of them, so that they see
+    the digits differently and err on different ones (Meier et al. 2011).
     """
     import keras
     from keras import layers
@@ -390,14 +394,16 @@ def build_model(hidden, dropout=0.0, augment=None, dataset="mnist", committee=1,
     name = f"{dataset.replace('-', '_')}_dense"
     if committee == 1:
         return build_network(hidden, dropout, augment, name, deskew)
+    widths = [MEMBER_INK_WIDTHS[i % len(MEMBER_INK_WIDTHS)] if width_norm else None
+              for i in range(committee)]
     inputs = keras.Input(shape=IMAGE_SHAPE)
-    members = [build_network(hidden, dropout, augment, f"member_{i}", deskew)
-               for i in range(1, committee + 1)]
+    members = [build_network(hidden, dropout, augment, f"member_{i}", deskew, width)
+               for i, width in enumerate(widths, start=1)]
     stacked = [layers.Reshape((1, NUM_CLASSES))(member(inputs)) for member in members]
     return keras.Model(inputs, layers.Concatenate(axis=1, name="members")(stacked), name=name)
 
 
-def build_network(hidden, dropout, augment, name, deskew=False):
+def build_network(hidden, dropout, augment, name, deskew=False, ink_width=None):
     """One dense network as a keras.Sequential."""
     import keras
     from keras import layers
@@ -408,7 +414,7 @@ def build_network(hidden, dropout, augment, name, deskew=False):
         stack.append(distortion_layer_class()(**AUGMENTATIONS[augment], name="distort"))
     if deskew:
         # After the distortion, so the network always sees deskewed images, as in testing.
-        stack.append(deskew_model())
+        stack.append(deskew_model(ink_width))
     stack.append(layers.Flatten())
     for i, width in enumerate(hidden, start=1):
         stack.append(layers.Dense(width, activation="relu", name=f"hidden_{i}"))
@@ -419,17 +425,25 @@ def build_network(hidden, dropout, augment, name, deskew=False):
 
 
 MAX_SKEW = 1.0  # deskewing shears by at most one pixel sideways per pixel down (45 degrees)
+MAX_WIDTH_SCALE = 2.0  # width normalisation stretches or squeezes sideways by at most this
+# The sideways spread (standard deviation, pixels) of the ink that width_norm gives each
+# committee member in turn; None keeps the digit's own. MNIST's upright digits spread 3.5
+# pixels (median; 1.0 for a "1", 4.75 for a "0").
+MEMBER_INK_WIDTHS = (None, 3.0, 3.5, 4.0, 4.5)
 
 
-def deskew_model():
+def deskew_model(ink_width=None):
     """Moment-based deskewing (LeCun et al. 1998) as a small Keras model of Keras ops.
 
     Per image: the centre of mass (cy, cx) of the ink, and the skew alpha = cov(y, x) / var(y)
     of its second moments; the output pixel (y, x) reads the input at (y + cy - 14,
     x + cx - 14 + alpha (y - 14)), so that the slant is sheared upright and the centre of
-    mass moved to (14, 14). Made of keras.ops only, no layer class of this script's, so that
-    model.keras still loads in any Keras program with plain keras.models.load_model, and the
-    deskewing goes wherever the model goes (--evaluate, --predict, --draw, other programs).
+    mass moved to (14, 14). With ink_width, the upright ink is also stretched or squeezed
+    sideways (by at most MAX_WIDTH_SCALE) so that its horizontal standard deviation becomes
+    ink_width pixels: width normalisation, as in Meier et al. (2011). Made of keras.ops only,
+    no layer class of this script's, so that model.keras still loads in any Keras program
+    with plain keras.models.load_model, and the deskewing goes wherever the model goes
+    (--evaluate, --predict, --draw, other programs).
     """
     import keras
     from keras import ops
@@ -447,14 +461,21 @@ def deskew_model():
     dx = ops.subtract(x, ops.expand_dims(ops.expand_dims(cx, 1), 2))
     alpha = ops.clip(mean(dy * dx) / (mean(dy * dy) + 1e-6), -MAX_SKEW, MAX_SKEW)
     one, zero = ops.ones_like(alpha), ops.zeros_like(alpha)
+    shrink = one  # input pixels per output pixel, sideways
+    if ink_width is not None:
+        # The sideways spread of the ink once upright: var(x - alpha y).
+        upright = mean(dx * dx) - 2 * alpha * mean(dy * dx) + alpha * alpha * mean(dy * dy)
+        shrink = ops.clip(ops.sqrt(ops.maximum(upright, 1e-6)) / ink_width,
+                          1 / MAX_WIDTH_SCALE, MAX_WIDTH_SCALE)
     # Keras' affine transform maps each output (x, y) to the input position
     # (a0 x + a1 y + a2, b0 x + b1 y + b2); the last two entries are for projective maps.
-    transform = ops.stack([one, alpha, cx - width / 2 - alpha * (height / 2),
+    transform = ops.stack([shrink, alpha, cx - shrink * (width / 2) - alpha * (height / 2),
                            zero, one, cy - height / 2, zero, zero], axis=1)
     deskewed = ops.image.affine_transform(ops.expand_dims(images, -1), transform,
                                           interpolation="bilinear", fill_mode="constant",
                                           data_format="channels_last")
-    return keras.Model(images, ops.squeeze(deskewed, -1), name="deskew")
+    name = "deskew" if ink_width is None else f"deskew_width_{ink_width:g}"
+    return keras.Model(images, ops.squeeze(deskewed, -1), name=name)
 
 
 def committee_labels(labels, model):
@@ -584,7 +605,11 @@ def architecture(model):
 
     members = [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
     if members:
-        return f"average of {len(members)} x ({architecture(members[0])})"
+        # Members alike but for a stage (their ink widths): that stage's variants in braces.
+        stages = zip(*(architecture(member).split(" -> ") for member in members))
+        return f"average of {len(members)} x (" + " -> ".join(
+            variants[0] if len(set(variants)) == 1
+            else "{" + ", ".join(dict.fromkeys(variants)) + "}" for variants in stages) + ")"
     names = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dense):
@@ -593,6 +618,8 @@ def architecture(model):
             names.append(f"Dropout({layer.rate:g})")
         elif layer.name == "deskew":
             names.append("Deskew")
+        elif layer.name.startswith("deskew_width_"):
+            names.append(f"Deskew+Width({layer.name.removeprefix('deskew_width_')})")
         else:
             names.append(type(layer).__name__)
     return " -> ".join(names)
@@ -1777,12 +1804,34 @@ def setup_keras(config):
                        f"install it with: pip install -r requirements.txt") from None
     if keras.backend.backend() != config.backend:
         raise RunError(f"Keras was already imported with the {keras.backend.backend()} backend")
+    if config.backend == "tensorflow" and config.committee == 1:
+        one_op_at_a_time()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic and config.backend == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
     return keras
+
+
+def one_op_at_a_time():
+    """On a CPU, let TensorFlow run one op at a time, each on all cores (inter-op threads 1).
+
+    One network's ops depend on each other, so TensorFlow's default of running independent
+    ops side by side mostly makes threads compete: one at a time trains the default network
+    about 1.15x faster here (README, Performance). A committee's members are independent
+    networks, and there running them side by side is faster, so setup_keras leaves it to
+    committees. The setting can only change before TensorFlow starts; a process that already
+    started (tests, a committee trained first) keeps what it has.
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
 
 
 def load_data_and_backend(config, training=True):
@@ -1818,7 +1867,7 @@ def new_model(config, train_count):
     """A freshly built model for config, compiled with its learning-rate schedule."""
     steps_per_epoch = math.ceil(train_count / config.batch_size)
     model = build_model(config.hidden, config.dropout, config.augment, config.dataset,
-                        config.committee, config.deskew)
+                        config.committee, config.deskew, config.width_norm)
     return compile_model(model, config, steps_per_epoch)
 
 
@@ -3031,6 +3080,12 @@ def build_parser():
     model.add_argument("--deskew", action=argparse.BooleanOptionalAction,
                        help="deskew every image by its moments inside the model, in training "
                             "and in use (default: off; on in --preset best)")
+    model.add_argument("--width-norm", action=argparse.BooleanOptionalAction,
+                       help="with --deskew and --committee: the members after the first also "
+                            "bring each digit's ink to a width of their own ("
+                            + ", ".join(f"{w:g}" for w in MEMBER_INK_WIDTHS[1:])
+                            + " pixels of spread), so that they err on different digits "
+                              "(default: off)")
     model.add_argument("--committee", type=positive_int, metavar="N",
                        help="train N networks side by side and average their predictions "
                             f"(default: {d.committee})")
@@ -3116,7 +3171,7 @@ def parse_command_line(argv=None):
         refuse("tensorboard", "only when training or comparing")
     if mode in ("predict", "draw", "evaluate"):
         for flag in ("repeats", "epochs", "hidden", "preset", "patience", "resume", "augment",
-                     "deskew", "committee"):
+                     "deskew", "width_norm", "committee"):
             refuse(flag, f"has no effect with --{mode}")
     if mode == "compare":
         refuse("hidden", "not with --compare, whose SPECs give the hidden layers")
@@ -3146,6 +3201,8 @@ def parse_command_line(argv=None):
         parser.error(f"argument --warmup-epochs: must be fewer than --epochs ({config.epochs})")
     if config.repeats > 1 and config.resume:
         parser.error("argument --resume: not with --repeats")
+    if config.width_norm and not (config.deskew and config.committee > 1):
+        parser.error("argument --width-norm: needs --deskew and --committee 2 or more")
     options = dict(specs=args.get("compare"), images=args.get("predict"),
                    json=args.get("json", False),
                    min_confidence=args.get("min_confidence", MIN_CONFIDENCE),

@@ -9,12 +9,15 @@ them alike. Prints, per variant, the medians of the first epoch's seconds (traci
 compilation included), the later epochs' training samples per second, and the test
 accuracy at the end. Variants:
 
-- default:      what a training run does (TensorFlow's default threads, no XLA on CPU);
+- default:      what a training run does (one op at a time, TensorFlow's intra-op threads,
+                no XLA on CPU);
 - xla:          compile(jit_compile=True);
 - bf16:         keras.mixed_precision policy mixed_bfloat16 (the CPU has AVX-512 BF16 or not);
 - threads-1:    TensorFlow intra- and inter-op parallelism 1;
 - threads-2:    both 2 (one per core of the development machine);
-- inter-1:      inter-op parallelism 1 (one op at a time), intra-op left to TensorFlow;
+- inter-tf:     TensorFlow's default inter-op parallelism (independent ops side by side),
+                what the script did before it chose one op at a time;
+- grappler-off: TensorFlow's graph optimiser (Grappler) off, to shorten the first trace;
 - onednn-off:   TF_ENABLE_ONEDNN_OPTS=0;
 - spe-1:        steps_per_execution 1 instead of the default;
 - spe-epoch:    steps_per_execution = one whole epoch per call.
@@ -33,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("default", "xla", "bf16", "threads-1", "threads-2", "inter-1", "onednn-off",
-            "spe-1", "spe-epoch")
+VARIANTS = ("default", "xla", "bf16", "threads-1", "threads-2", "inter-tf", "grappler-off",
+            "onednn-off", "spe-1", "spe-epoch")
 
 
 def worker(variant, data_dir, epochs):
@@ -59,8 +62,10 @@ def worker(variant, data_dir, epochs):
         threads = int(variant.split("-")[1])
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    if variant == "inter-1":
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if variant == "inter-tf":
+        tf.config.threading.set_inter_op_parallelism_threads(0)
+    if variant == "grappler-off":
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     if variant == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     data = dc.split_and_scale(arrays, 0.0, config.seed)

@@ -15,8 +15,10 @@ training loops, not data augmentation):
          (cosine annealing stepped every batch), ours' batch size and epochs, the training
          images as one tensor in memory, a fresh torch.randperm index per epoch, and
          zero_grad/backward/step (skipped with a reason where PyTorch is not installed;
-         `pip install torch`). Threads: PyTorch's default (one per physical core); Keras'
-         runners use TensorFlow's and XLA's defaults (one per logical core).
+         `pip install torch`). Threads: PyTorch's default (one per physical core); plain
+         uses TensorFlow's defaults (one per logical core, independent ops side by side);
+         ours, as the script trains one network on a CPU, TensorFlow's intra-op default
+         and one op at a time (inter-op parallelism 1); jax, XLA's defaults.
 
 Each run is its own process, so each has its own peak memory; runs alternate plain/ours so
 that a noisy machine slows both alike. The script prints medians and the ratio of ours to
@@ -74,6 +76,11 @@ def worker(kind, data_dir, seed, target, overrides):
     dc.setup_keras(config)
     import keras
 
+    if kind == "plain":  # TensorFlow's own thread defaults, not the script's choice
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(0)
+
     data = dc.split_and_scale(arrays, 0.0, seed)  # all training images, no hold-out
     clock = {"train": 0.0, "epoch_start": 0.0, "reached": None, "accuracies": []}
 
@@ -103,6 +110,9 @@ def worker(kind, data_dir, seed, target, overrides):
         steps_per_execution=config.steps_per_execution,
         samples_per_second=config.epochs * len(data["x_train"]) / clock["train"],
         seconds_to_target=clock["reached"], final_accuracy=clock["accuracies"][-1],
+        epochs_to_target=next((epoch for epoch, accuracy in
+                               enumerate(clock["accuracies"], start=1) if accuracy >= target),
+                              None),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 
@@ -129,8 +139,8 @@ def torch_worker(data_dir, seed, target, config):
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
                  if config.lr_schedule == "cosine" else None)
     loss_function = nn.CrossEntropyLoss()
-    train_seconds, reached, accuracy = 0.0, None, None
-    for _ in range(config.epochs):
+    train_seconds, reached, reached_epoch, accuracy = 0.0, None, None, None
+    for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(len(x_train))
@@ -147,9 +157,10 @@ def torch_worker(data_dir, seed, target, config):
         with torch.no_grad():
             accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
         if reached is None and accuracy >= target:
-            reached = train_seconds
+            reached, reached_epoch = train_seconds, epoch
     return dict(samples_per_second=config.epochs * len(x_train) / train_seconds,
-                seconds_to_target=reached, final_accuracy=accuracy,
+                seconds_to_target=reached, epochs_to_target=reached_epoch,
+                final_accuracy=accuracy,
                 threads=torch.get_num_threads(), torch=torch.__version__)
 
 
@@ -243,22 +254,25 @@ def main():
                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
             run = json.loads(output.stdout.strip().splitlines()[-1])
             results[kind].append(run)
-            reached = (f"{run['seconds_to_target']:.2f} s" if run["seconds_to_target"]
-                       else "never")
+            reached = (f"{run['seconds_to_target']:.2f} s (epoch {run['epochs_to_target']})"
+                       if run["seconds_to_target"] else "never")
             print(f"repeat {repeat + 1} {kind:5s}: {run['samples_per_second']:8.0f} samples/s, "
                   f"{args.target:.1%} after {reached}, final {run['final_accuracy']:.2%}, "
                   f"peak {run['peak_rss_mb']:.0f} MB", flush=True)
 
     summary = {kind: {key: median([r[key] for r in runs]) for key in
-                      ("samples_per_second", "seconds_to_target", "peak_rss_mb")}
+                      ("samples_per_second", "seconds_to_target", "epochs_to_target",
+                       "peak_rss_mb")}
                for kind, runs in results.items()}
     plain = summary["plain"]
     print(f"\nmedians over {args.repeats} repeats (seeds' network, {args.target:.1%} target):")
-    print(f"{'':6s} {'samples/s':>10s} {'s to target':>12s} {'peak MB':>8s}")
+    print(f"{'':6s} {'samples/s':>10s} {'s to target':>12s} {'epochs to':>10s} {'peak MB':>8s}")
     for kind in kinds:
         s = summary[kind]
         to_target = f"{s['seconds_to_target']:.2f}" if s["seconds_to_target"] else "never"
-        print(f"{kind:6s} {s['samples_per_second']:10.0f} {to_target:>12s} {s['peak_rss_mb']:8.0f}")
+        epochs = f"{s['epochs_to_target']:g}" if s["epochs_to_target"] else "never"
+        print(f"{kind:6s} {s['samples_per_second']:10.0f} {to_target:>12s} {epochs:>10s} "
+              f"{s['peak_rss_mb']:8.0f}")
     for kind in kinds[1:]:
         s = summary[kind]
         print(f"{kind} / plain, samples per second: "

@@ -22,7 +22,7 @@ def test_speed_benchmark_reports_medians_and_ratios(synthetic_dir):
         assert f"repeat 1 {kind}" in result.stdout
     assert "ours / plain, samples per second:" in result.stdout
     assert "jax / plain, samples per second:" in result.stdout
-    assert "peak MB" in result.stdout
+    assert "peak MB" in result.stdout and "epochs to" in result.stdout
     assert "arithmetic floor: 596,400 FLOPs per training sample" in result.stdout
     assert "of the peak" in result.stdout
     try:
@@ -67,13 +67,14 @@ def test_recipes_benchmark_reports_a_failing_run(synthetic_dir, tmp_path):
 
 
 def test_levers_benchmark_tables_every_variant_against_the_default(synthetic_dir):
+    VARIANTS = ("default", "xla", "spe-1", "onednn-off", "inter-tf", "grappler-off")
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"),
                              "--data-dir", str(synthetic_dir), "--repeats", "1", "--epochs", "2",
-                             "--variants", "default", "xla", "spe-1", "onednn-off"],
-                            capture_output=True, text=True, timeout=600)
+                             "--variants", *VARIANTS], capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()
-            if line.split() and line.split()[0] in ("default", "xla", "spe-1", "onednn-off")}
-    assert set(rows) == {"default", "xla", "spe-1", "onednn-off"}
+            if line.split() and line.split()[0] in VARIANTS}
+    assert set(rows) == set(VARIANTS)
     assert " 1.00x " in rows["default"]
     assert "medians over 1 runs each (2 epochs, batch 512)" in result.stdout

@@ -109,6 +109,7 @@ def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
                                           "--epochs", "3", "--augment", "--no-deskew"])
     assert (config.committee, config.epochs, config.augment) == (2, 3, "affine")
     assert not config.deskew and not dc.parse_command_line([])[1].deskew
+    assert dc.parse_command_line(["--preset", "best", "--width-norm"])[1].width_norm
     assert config.hidden == dc.PRESETS["best"]["hidden"]
 
 
@@ -118,7 +119,12 @@ def test_augment_kinds_and_committee_size_are_checked():
     assert dc.parse_command_line(["--augment", "none"])[1].augment is None
     for argv in (["--augment", "warp"], ["--committee", "0"],
                  ["--evaluate", "--committee", "2"], ["--predict", "x.png", "--augment"],
-                 ["--predict", "x.png", "--deskew"], ["--deskew=yes"]):
+                 ["--predict", "x.png", "--deskew"], ["--deskew=yes"],
+                 ["--width-norm"], ["--width-norm", "--deskew"],
+                 ["--width-norm", "--committee", "3"],
+                 ["--preset", "best", "--no-deskew", "--width-norm"],
+                 ["--preset", "best", "--committee", "1", "--width-norm"],
+                 ["--evaluate", "--width-norm"]):
         with pytest.raises(SystemExit) as exit_info:
             dc.parse_command_line(argv)
         assert exit_info.value.code == 2
@@ -139,6 +145,7 @@ FLAG_NAMES = ["--epochs", "--hidden", "--batch-size", "--learning-rate", "--vali
               "--seed", "--dropout", "--patience", "--warmup-epochs", "--lr-schedule",
               "--repeats", "--preset", "--dataset", "--compare", "--predict", "--evaluate",
               "--resume", "--json", "--quiet", "--augment", "--committee", "--deskew",
+              "--width-norm",
               "--deterministic", "--backend", "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--", "-h"]
 VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(str),
                    st.sampled_from(["abc", "", "none", "1,2", "cosine", "seed", "mnist",

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,6 +295,32 @@ def test_deskewing_stands_a_slanted_stroke_upright_and_centres_it():
                                atol=0.02)
 
 
+def test_width_normalisation_brings_the_upright_ink_to_its_width_within_bounds():
+    def spread(image):  # the horizontal standard deviation of the ink
+        cols = np.mgrid[:28, :28][1]
+        cx = (image * cols).sum() / image.sum()
+        return np.sqrt((image * (cols - cx) ** 2).sum() / image.sum())
+
+    ring = np.zeros((28, 28), np.float32)
+    rows, cols = np.mgrid[:28, :28]
+    radius = np.hypot((rows - 14) / 8, (cols - 14) / 5)
+    ring[(radius > 0.75) & (radius < 1.05)] = 1.0  # an upright "0", about 10 pixels wide
+    slanted_ring = dc.resample(ring[None], [0.3], [1.0], [0.0], [0.0])[0]
+    bar = sheared_bar(0.4)  # a slanted "1"
+    images = np.stack([ring, slanted_ring, bar, np.zeros((28, 28))]).astype(np.float32)
+    for target in (3.0, 4.5):
+        out = np.asarray(dc.deskew_model(ink_width=target)(images))
+        assert spread(out[0]) == pytest.approx(target, rel=0.1)
+        assert spread(out[1]) == pytest.approx(target, rel=0.1)
+        assert abs(image_moments(out[1])[2]) < 0.05  # still deskewed
+        # A "1" is far narrower than any target: stretched by the most allowed, not more.
+        upright_bar = np.asarray(dc.deskew_model()(bar[None]))[0]
+        assert spread(out[2]) == pytest.approx(dc.MAX_WIDTH_SCALE * spread(upright_bar),
+                                               rel=0.1)
+        np.testing.assert_array_equal(out[3], 0)
+    assert spread(ring) > 3.0 and spread(ring) < 4.5  # so one target squeezes, one stretches
+
+
 def test_a_deskewing_model_deskews_in_use_and_after_a_plain_keras_load(tmp_path):
     import keras
 
@@ -316,6 +343,21 @@ def test_a_deskewing_model_deskews_in_use_and_after_a_plain_keras_load(tmp_path)
     body = keras.Sequential(model.layers[:1])
     upright = np.asarray(body(images))
     assert np.abs(upright[0] - upright[1]).mean() < 0.25 * np.abs(images[0] - images[1]).mean()
+
+
+def test_one_network_runs_one_op_at_a_time_on_a_cpu_and_a_committee_side_by_side():
+    # A fresh process each, since TensorFlow takes thread settings only before it starts.
+    def inter_op_threads(committee):
+        check = subprocess.run([sys.executable, "-c", (
+            "import sys, digit_classifier as dc; "
+            "dc.setup_keras(dc.Config(committee=int(sys.argv[1]))); import tensorflow as tf; "
+            "print(tf.config.threading.get_inter_op_parallelism_threads())"), str(committee)],
+            capture_output=True, text=True, timeout=120, cwd=Path(dc.__file__).parent)
+        assert check.returncode == 0, check.stderr
+        return int(check.stdout.split()[-1])
+
+    assert inter_op_threads(1) == 1
+    assert inter_op_threads(3) == 0  # TensorFlow's default: independent members side by side
 
 
 def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
@@ -342,13 +384,15 @@ def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
 def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
-                     "--deskew", "--committee", "2", "--epochs", "2", "--hidden", "16",
-                     "--batch-size", "64")
+                     "--deskew", "--width-norm", "--committee", "3", "--epochs", "2",
+                     "--hidden", "16", "--batch-size", "64")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["committee"] == 2 and metrics["config"]["augment"] == "elastic"
-    assert metrics["config"]["deskew"] is True
-    assert len(metrics["member_test_accuracy"]) == 2
+    assert metrics["config"]["committee"] == 3 and metrics["config"]["augment"] == "elastic"
+    assert metrics["config"]["deskew"] is True and metrics["config"]["width_norm"] is True
+    assert metrics["architecture"].startswith(
+        "average of 3 x ({Deskew, Deskew+Width(3), Deskew+Width(3.5)} -> Flatten")
+    assert len(metrics["member_test_accuracy"]) == 3
     members = re.search(r'<span id="members">([^<]*)</span>', (out / "report.html").read_text())
     assert members.group(1) == ", ".join(f"{a:.2%}" for a in metrics["member_test_accuracy"])
     # model.keras needs nothing from this script: plain Keras loads it.

@@ -308,13 +308,13 @@ def test_width_normalisation_brings_the_upright_ink_to_its_width_within_bounds()
     slanted_ring = dc.resample(ring[None], [0.3], [1.0], [0.0], [0.0])[0]
     bar = sheared_bar(0.4)  # a slanted "1"
     images = np.stack([ring, slanted_ring, bar, np.zeros((28, 28))]).astype(np.float32)
+    upright_bar = np.asarray(dc.deskew_model()(bar[None]))[0]
     for target in (3.0, 4.5):
         out = np.asarray(dc.deskew_model(ink_width=target)(images))
         assert spread(out[0]) == pytest.approx(target, rel=0.1)
         assert spread(out[1]) == pytest.approx(target, rel=0.1)
         assert abs(image_moments(out[1])[2]) < 0.05  # still deskewed
         # A "1" is far narrower than any target: stretched by the most allowed, not more.
-        upright_bar = np.asarray(dc.deskew_model()(bar[None]))[0]
         assert spread(out[2]) == pytest.approx(dc.MAX_WIDTH_SCALE * spread(upright_bar),
                                                rel=0.1)
         np.testing.assert_array_equal(out[3], 0)

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from digitkit.config import Config  # noqa: E402  (light: no TensorFlow)
+
 VARIANTS = ("default", "xla", "bf16", "threads-1", "threads-2", "inter-tf", "grappler-off",
             "onednn-off", "spe-1", "spe-epoch")
 
@@ -45,16 +47,18 @@ def worker(variant, data_dir, epochs):
     import dataclasses
 
     import digit_classifier as dc
+    from digitkit import backend
+    from digitkit import data as datasets
 
-    config = dc.Config(hidden=(100, 100, 100), dropout=0.0, augment=None, epochs=epochs,
+    config = Config(hidden=(100, 100, 100), dropout=0.0, augment=None, epochs=epochs,
                        quiet=True)
     if variant == "spe-1":
         config = dataclasses.replace(config, steps_per_execution=1)
-    arrays, _ = dc.load_dataset(config.dataset, data_dir)
+    arrays, _ = datasets.load_dataset(config.dataset, data_dir)
     if variant == "spe-epoch":
         steps = math.ceil(len(arrays["x_train"]) / config.batch_size)
         config = dataclasses.replace(config, steps_per_execution=steps)
-    dc.setup_keras(config)
+    backend.start(config)
     import keras
     import tensorflow as tf
 
@@ -69,7 +73,8 @@ def worker(variant, data_dir, epochs):
     if variant == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     data = dc.split_and_scale(arrays, 0.0, config.seed)
-    model = dc.new_model(config, len(data["x_train"]))
+    model = dc.compile_model(dc.build_model(config), config,
+                             math.ceil(len(data["x_train"]) / config.batch_size))
     if variant == "xla":
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
                       steps_per_execution=config.steps_per_execution, jit_compile=True)
@@ -86,7 +91,8 @@ def worker(variant, data_dir, epochs):
 
     model.fit(data["x_train"], data["y_train"], batch_size=config.batch_size,
               epochs=config.epochs, shuffle=True, verbose=0, callbacks=[Timer()])
-    accuracy = dc.evaluate(model, data["x_test"], data["y_test"])["test_accuracy"]
+    accuracy = float((model.predict(data["x_test"], batch_size=2048, verbose=0).argmax(1)
+                      == data["y_test"]).mean())
     print(json.dumps(dict(variant=variant, first_epoch=seconds[0],
                           later_samples_per_second=len(data["x_train"]) * (len(seconds) - 1)
                           / sum(seconds[1:]), accuracy=accuracy)))

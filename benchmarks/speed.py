@@ -8,7 +8,7 @@ training loops, not data augmentation):
 
 - plain: Keras' default `fit` settings, batch 32, one step per call, Adam 1e-3 constant;
 - ours:  the script's default training settings (batch size, steps per execution, learning
-         rate and schedule, epochs) from digit_classifier.Config, on TensorFlow;
+         rate and schedule, epochs) from digitkit.config.Config, on TensorFlow;
 - jax:   the same as ours on Keras' JAX backend (only with --jax; needs `pip install jax`);
 - torch: the loop an expert would write in PyTorch, the pytorch/examples way: the same
          network in nn.Sequential, torch.optim.Adam with ours' learning rate and schedule
@@ -48,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from digitkit.config import Config  # noqa: E402  (light: no TensorFlow)
+
 SEED_NETWORK = (100, 100, 100)
 PLAIN_EPOCHS = 15
 
@@ -55,8 +57,10 @@ PLAIN_EPOCHS = 15
 def worker(kind, data_dir, seed, target, overrides):
     """Train once and print one JSON line of measurements."""
     import digit_classifier as dc
+    from digitkit import backend
+    from digitkit import data as datasets
 
-    config = dc.Config(hidden=SEED_NETWORK, dropout=0.0, augment=None, seed=seed, quiet=True)
+    config = Config(hidden=SEED_NETWORK, dropout=0.0, augment=None, seed=seed, quiet=True)
     if kind == "torch":
         config = dataclasses.replace(config, **overrides)
         result = torch_worker(data_dir, seed, target, config)
@@ -72,9 +76,11 @@ def worker(kind, data_dir, seed, target, overrides):
     else:
         config = dataclasses.replace(config, backend="jax" if kind == "jax" else "tensorflow",
                                      **overrides)
-    arrays, _ = dc.load_dataset(config.dataset, data_dir)
-    dc.setup_keras(config)
+    arrays, _ = datasets.load_dataset(config.dataset, data_dir)
+    backend.start(config)
     import keras
+
+    from digitkit import training  # imports Keras: only once backend.start chose its backend
 
     if kind == "plain":  # TensorFlow's own thread defaults, not the script's choice
         import tensorflow as tf
@@ -92,19 +98,19 @@ def worker(kind, data_dir, seed, target, overrides):
 
         def on_epoch_end(self, epoch, logs=None):
             clock["train"] += time.perf_counter() - clock["epoch_start"]
-            accuracy = dc.evaluate(self.model, data["x_test"], data["y_test"])["test_accuracy"]
+            accuracy = test_accuracy(self.model, data)
             clock["accuracies"].append(accuracy)
             if clock["reached"] is None and accuracy >= target:
                 clock["reached"] = clock["train"]
 
     if kind == "plain":  # exactly Keras' defaults: a plain compile and fit, nothing of ours
-        model = dc.build_model(config.hidden)
+        model = dc.build_model(config)
         model.compile(optimizer=keras.optimizers.Adam(1e-3),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(data["x_train"], data["y_train"], batch_size=config.batch_size,
                   epochs=config.epochs, verbose=0, shuffle=True, callbacks=[Timer()])
     else:  # the script's own pipeline, as a training run calls it
-        dc.train_and_evaluate(config, data, dc.StopSignals(), callbacks=[Timer()])
+        dc.train_and_evaluate(config, data, training.StopSignals(), callbacks=[Timer()])
     print(json.dumps(dict(
         kind=kind, seed=seed, epochs=config.epochs, batch_size=config.batch_size,
         steps_per_execution=config.steps_per_execution,
@@ -116,16 +122,23 @@ def worker(kind, data_dir, seed, target, overrides):
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 
+def test_accuracy(model, data):
+    """Test accuracy of a network's predictions, off the training clock."""
+    predicted = model.predict(data["x_test"], batch_size=2048, verbose=0).argmax(axis=1)
+    return float((predicted == data["y_test"]).mean())
+
+
 def torch_worker(data_dir, seed, target, config):
     """The PyTorch loop: what the pytorch/examples MNIST script does, at ours' settings."""
     import math
 
     import digit_classifier as dc
+    from digitkit import data as datasets
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
-    arrays, _ = dc.load_dataset(config.dataset, data_dir)
+    arrays, _ = datasets.load_dataset(config.dataset, data_dir)
     data = dc.split_and_scale(arrays, 0.0, seed)
     x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
     x_test, y_test = torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]).long()
@@ -194,13 +207,12 @@ def median(values):
 
 def parse_overrides(parser, pairs):
     """KEY=VALUE pairs as Config values of the field's type."""
-    import digit_classifier as dc
 
-    defaults, overrides = dc.Config(), {}
+    defaults, overrides = Config(), {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        if key not in {field.name for field in dataclasses.fields(dc.Config)}:
-            parser.error(f"--set {pair}: no such digit_classifier.Config field")
+        if key not in {field.name for field in dataclasses.fields(Config)}:
+            parser.error(f"--set {pair}: no such digitkit.config.Config field")
         try:
             overrides[key] = type(getattr(defaults, key))(value)
         except (TypeError, ValueError):
@@ -218,7 +230,7 @@ def main():
     parser.add_argument("--jax", action="store_true",
                         help="also run ours on Keras' JAX backend (needs jax installed)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="change one of ours' settings (a digit_classifier.Config field), "
+                        help="change one of ours' settings (a digitkit.config.Config field), "
                              "e.g. --set batch_size=128 learning_rate=0.002")
     parser.add_argument("--no-torch", action="store_true",
                         help="leave out the PyTorch runner even where PyTorch is installed")
@@ -239,9 +251,8 @@ def main():
         print("torch: skipped, PyTorch is not installed (pip install torch)")
     else:
         kinds.append("torch")
-    import digit_classifier as dc
 
-    ours = dataclasses.replace(dc.Config(), **overrides)
+    ours = dataclasses.replace(Config(), **overrides)
     print(f"ours: batch {ours.batch_size}, {ours.steps_per_execution} steps per execution, Adam "
           f"{ours.learning_rate:g} {ours.lr_schedule}, {ours.epochs} epochs", flush=True)
     results = {kind: [] for kind in kinds}

@@ -36,7 +36,7 @@ def test_speed_benchmark_reports_medians_and_ratios(synthetic_dir):
 def test_speed_benchmark_refuses_an_unknown_setting(synthetic_dir):
     result = subprocess.run([sys.executable, SPEED, "--data-dir", str(synthetic_dir),
                              "--set", "batchsize=64"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "no such digit_classifier.Config field" in result.stderr
+    assert result.returncode == 2 and "no such digitkit.config.Config field" in result.stderr
 
 
 def test_recipes_benchmark_tables_each_recipe_against_the_first(synthetic_dir, tmp_path):
@@ -78,3 +78,13 @@ def test_levers_benchmark_tables_every_variant_against_the_default(synthetic_dir
     assert set(rows) == set(VARIANTS)
     assert " 1.00x " in rows["default"]
     assert "medians over 1 runs each (2 epochs, batch 512)" in result.stdout
+
+
+def test_samplers_benchmark_compares_the_elastic_sampler_with_keras_own():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "samplers.py"),
+                             "--rounds", "1", "--calls", "2"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    difference = float(result.stdout.split("largest difference between the two: ")[1].split()[0])
+    assert difference < 1e-5  # the same numbers, whichever is faster
+    assert "ours: median" in result.stdout and "map_coordinates / ours:" in result.stdout

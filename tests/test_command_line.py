@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import digit_classifier as dc
+from digitkit import cli
+from digitkit.config import Config, PRESETS
 from conftest import ROOT, run_cli
 
 BAD_FLAGS = [
@@ -81,63 +82,59 @@ def test_help_lists_flags_with_defaults():
 
 
 def test_defaults_come_from_config():
-    mode, config, options = dc.parse_command_line([])
-    assert mode == "train" and config == dc.Config()
+    mode, config, options = cli.parse_command_line([])
+    assert mode == "train" and config == Config()
     assert options["model"].endswith("model.keras")
 
 
 def test_hidden_without_widths_is_softmax_regression():
-    _, config, _ = dc.parse_command_line(["--hidden"])
+    _, config, _ = cli.parse_command_line(["--hidden"])
     assert config.hidden == ()
 
 
 def test_preset_values_apply_and_flags_override_them():
-    _, config, _ = dc.parse_command_line(["--preset", "seed"])
-    for key, value in dc.PRESETS["seed"].items():
+    _, config, _ = cli.parse_command_line(["--preset", "seed"])
+    for key, value in PRESETS["seed"].items():
         assert getattr(config, key) == value
-    _, config, _ = dc.parse_command_line(["--preset", "seed", "--epochs", "7",
+    _, config, _ = cli.parse_command_line(["--preset", "seed", "--epochs", "7",
                                           "--hidden", "64"])
     assert config.epochs == 7 and config.hidden == (64,)
-    assert config.batch_size == dc.PRESETS["seed"]["batch_size"]
+    assert config.batch_size == PRESETS["seed"]["batch_size"]
 
 
 def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
-    _, config, _ = dc.parse_command_line(["--preset", "best"])
+    _, config, _ = cli.parse_command_line(["--preset", "best"])
     assert config.augment == "elastic" and config.committee > 1 and config.deskew
     assert config.validation_split == 0.05 and config.dropout == 0
-    _, config, _ = dc.parse_command_line(["--preset", "best", "--committee", "2",
+    _, config, _ = cli.parse_command_line(["--preset", "best", "--committee", "2",
                                           "--epochs", "3", "--augment", "--no-deskew"])
     assert (config.committee, config.epochs, config.augment) == (2, 3, "affine")
-    assert not config.deskew and not dc.parse_command_line([])[1].deskew
-    assert dc.parse_command_line(["--preset", "best", "--width-norm"])[1].width_norm
-    assert config.hidden == dc.PRESETS["best"]["hidden"]
+    assert not config.deskew and not cli.parse_command_line([])[1].deskew
+    assert config.hidden == PRESETS["best"]["hidden"]
 
 
 def test_augment_kinds_and_committee_size_are_checked():
-    assert dc.parse_command_line(["--augment", "elastic"])[1].augment == "elastic"
-    assert dc.parse_command_line([])[1].augment == "affine"
-    assert dc.parse_command_line(["--augment", "none"])[1].augment is None
+    assert cli.parse_command_line(["--augment", "elastic"])[1].augment == "elastic"
+    assert cli.parse_command_line([])[1].augment == "affine"
+    assert cli.parse_command_line(["--augment", "none"])[1].augment is None
     for argv in (["--augment", "warp"], ["--committee", "0"],
                  ["--evaluate", "--committee", "2"], ["--predict", "x.png", "--augment"],
                  ["--predict", "x.png", "--deskew"], ["--deskew=yes"],
-                 ["--width-norm"], ["--width-norm", "--deskew"],
-                 ["--width-norm", "--committee", "3"],
-                 ["--preset", "best", "--no-deskew", "--width-norm"],
-                 ["--preset", "best", "--committee", "1", "--width-norm"],
-                 ["--evaluate", "--width-norm"]):
+                 # --width-norm measured no gain and is gone (docs keep its measurement).
+                 ["--preset", "best", "--width-norm"]):
         with pytest.raises(SystemExit) as exit_info:
-            dc.parse_command_line(argv)
+            cli.parse_command_line(argv)
         assert exit_info.value.code == 2
 
 
 def test_compare_specs_parse_to_width_tuples():
-    mode, _, options = dc.parse_command_line(["--compare", "100", "100,100", "none"])
+    mode, _, options = cli.parse_command_line(["--compare", "100", "100,100", "none"])
     assert mode == "compare"
     assert options["specs"] == [(100,), (100, 100), ()]
 
 
 def test_evaluate_writes_to_its_own_subdirectory_by_default():
-    _, config, _ = dc.parse_command_line(["--evaluate"])
+    _, config, _ = cli.parse_command_line(["--evaluate"])
     assert config.output_dir.endswith("evaluation")
 
 
@@ -145,8 +142,9 @@ FLAG_NAMES = ["--epochs", "--hidden", "--batch-size", "--learning-rate", "--vali
               "--seed", "--dropout", "--patience", "--warmup-epochs", "--lr-schedule",
               "--repeats", "--preset", "--dataset", "--compare", "--predict", "--evaluate",
               "--resume", "--json", "--quiet", "--augment", "--committee", "--deskew",
-              "--width-norm",
-              "--deterministic", "--backend", "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--", "-h"]
+              "--draw", "--port", "--min-confidence", "--tensorboard", "--deterministic",
+              "--backend", "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--",
+              "-h"]
 VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(str),
                    st.sampled_from(["abc", "", "none", "1,2", "cosine", "seed", "mnist",
                                     "tensorflow", "1e-3", "0.5", "-", "1.5", "inf"]),
@@ -158,7 +156,7 @@ VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(
 @given(st.lists(st.one_of(st.sampled_from(FLAG_NAMES), VALUES), max_size=8))
 def test_any_argv_gives_a_config_or_one_line_exit_2(capsys, argv):
     try:
-        mode, config, options = dc.parse_command_line(argv)
+        mode, config, options = cli.parse_command_line(argv)
     except SystemExit as exit:
         out, err = capsys.readouterr()
         if exit.code == 0:  # --help
@@ -168,8 +166,8 @@ def test_any_argv_gives_a_config_or_one_line_exit_2(capsys, argv):
         assert len(err.strip().splitlines()) == 1, err
         assert "Traceback" not in err
         return
-    assert mode in ("train", "predict", "evaluate", "compare")
-    assert isinstance(config, dc.Config)
+    assert mode in ("train", "predict", "draw", "evaluate", "compare")
+    assert isinstance(config, Config)
     assert config.epochs >= 1 and config.batch_size >= 1 and config.learning_rate > 0
     assert 0 <= config.validation_split < 1 and 0 <= config.dropout < 1
     assert all(width >= 1 for width in config.hidden)

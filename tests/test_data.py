@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import digit_classifier as dc
+from digitkit import data
 from conftest import run_cli, synthetic_digits, write_dataset, write_idx
 
 
@@ -98,12 +99,12 @@ def test_plain_gzip_dotted_and_npz_layouts_load_the_same_arrays(tmp_path):
     dotted.mkdir()
     for path in gz.iterdir():
         shutil.copy(path, dotted / path.name.replace("s-idx", "s.idx"))
-    reference, _ = dc.read_data_dir(gz, "mnist")
+    reference, _ = data.read_data_dir(gz, "mnist")
     npz = tmp_path / "npz"
     npz.mkdir()
     np.savez(npz / "mnist.npz", **reference)
     for directory in (plain, dotted, npz, npz / "mnist.npz"):
-        arrays, _ = dc.read_data_dir(directory, "mnist")
+        arrays, _ = data.read_data_dir(directory, "mnist")
         for key in reference:
             np.testing.assert_array_equal(arrays[key], reference[key])
 
@@ -136,7 +137,7 @@ def test_offline_without_cache_names_data_dir(tmp_path):
 
 def test_mnist_dir_holds_the_complete_official_mnist(mnist_dir):
     """Every published figure is a full-MNIST figure: check that is what the tests read."""
-    arrays, _ = dc.load_dataset("mnist", str(mnist_dir))
+    arrays, _ = data.load_dataset("mnist", str(mnist_dir))
     assert arrays["x_train"].shape == (60000, 28, 28) and arrays["x_test"].shape == (10000, 28, 28)
     assert np.bincount(arrays["y_train"]).tolist() == [5923, 6742, 5958, 6131, 5842, 5421,
                                                         5918, 6265, 5851, 5949]

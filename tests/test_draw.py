@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import digit_classifier as dc
+from digitkit import data, images
 from conftest import ROOT, SCRIPT, cli_environment, run_cli
 
 
@@ -116,7 +116,7 @@ def test_a_drawing_gets_the_prediction_three_candidates_and_the_image_seen(serve
     probabilities = [c["probability"] for c in reply["top"]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
     seen = np.array(reply["pixels"], np.uint8).reshape(28, 28)
-    expected = np.round(dc.to_mnist_format(dc.decode_image(io.BytesIO(a_one()))) * 255)
+    expected = np.round(images.to_mnist_format(images.decode_image(io.BytesIO(a_one()))) * 255)
     np.testing.assert_array_equal(seen, expected)  # the --predict preprocessing, exactly
 
 
@@ -343,7 +343,7 @@ def answer_on_page(driver):
 
 @pytest.fixture(scope="module")
 def mnist_digits(mnist_dir):
-    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
+    arrays, _ = data.read_data_dir(mnist_dir, "mnist")
     return arrays["x_test"], arrays["y_test"]
 
 
@@ -375,4 +375,54 @@ def test_a_person_draws_digits_in_a_real_browser(browser, trained_mnist, mnist_d
         assert cleared["prediction"] == "–" and cleared["ink"] == 0 and not cleared["rows"]
         # No script error and no failed request (a warning about the test's own readback of
         # the 28x28 canvas is all there may be).
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_draw_puts_back_the_signal_handlers_it_installed(trained_synthetic, capsys):
+    import time
+
+    from digitkit import draw
+    from digitkit.config import Config
+
+    def sentinel(signum, frame):
+        """The handler a host program had before --draw."""
+
+    previous = {sig: signal.signal(sig, sentinel) for sig in (signal.SIGINT, signal.SIGTERM)}
+    done = threading.Event()
+
+    def interrupt_once_serving():
+        """Ctrl-C, once run_draw has installed its own handler."""
+        while signal.getsignal(signal.SIGINT) is sentinel:
+            if done.wait(0.01):
+                return
+        time.sleep(0.3)  # into serve_forever
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_serving, daemon=True).start()
+    try:
+        status = draw.run_draw(Config(quiet=True), trained_synthetic[0] / "model.keras", 0, 0.8)
+        assert status == 0
+        assert signal.getsignal(signal.SIGINT) is sentinel
+        assert signal.getsignal(signal.SIGTERM) is sentinel
+    finally:
+        done.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert capsys.readouterr().out.startswith("draw a digit at http://127.0.0.1:")
+
+
+def test_a_tap_leaves_a_dot_that_is_classified(browser, synthetic_model):
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+
+    with draw_server(synthetic_model) as (port, _):
+        browser.get(f"http://127.0.0.1:{port}/")
+        actions = ActionBuilder(browser)
+        actions.pointer_action.move_to(browser.find_element(By.ID, "pad"), 10, 10)
+        actions.pointer_action.pointer_down().pointer_up()
+        actions.perform()
+        shown = answer_on_page(browser)
+        # Browsers need not paint a zero-length line: a tap drawn as one left the pad blank.
+        assert shown["ink"] > 0 and "blank" not in shown["confidence"], shown
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-import digit_classifier as dc
+from digitkit import plots
+from digitkit.config import DIGITS
 from conftest import FAST, run_cli
 
 
@@ -39,14 +40,14 @@ def test_normalised_confusion_matrix_leaves_cells_no_image_reached_blank(monkeyp
     def capture(fig, path):
         """Keep the annotations instead of saving."""
         shown["texts"] = [text.get_text() for text in fig.axes[0].texts]
-        dc.pyplot().close(fig)
+        plots.plt.close(fig)
         return path
 
-    monkeypatch.setattr(dc, "save_figure", capture)
+    monkeypatch.setattr(plots, "save_figure", capture)
     confusion = np.diag(np.full(10, 98))
     confusion[3, 5] = 2  # two 3s read as 5
     confusion[0, 0] = 100
-    dc.plot_confusion_matrix(confusion, dc.DIGITS, "t", tmp_path / "c.png", normalize=True)
+    plots.plot_confusion_matrix(confusion, DIGITS, "t", tmp_path / "c.png", normalize=True)
     texts = shown["texts"]
     assert len(texts) == 100
     assert texts[0] == "100.0%" and texts[3 * 10 + 5] == "2.0%" and texts[3 * 10 + 3] == "98.0%"

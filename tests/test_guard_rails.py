@@ -12,7 +12,8 @@ import urllib.error
 import numpy as np
 import pytest
 
-import digit_classifier as dc
+from digitkit import data, guard
+from digitkit.config import Config, RunError
 from conftest import FAST, ROOT, SCRIPT, run_cli
 
 
@@ -30,7 +31,7 @@ def test_a_directory_locked_by_another_process_is_refused_and_left_untouched(
     shutil.copytree(trained_synthetic[0], out)
     holder = subprocess.Popen(  # another process that holds the lock, as a running training does
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-         "import digit_classifier as dc; dc.lock_output_dir(sys.argv[2], 'training'); "
+         "from digitkit import guard; guard.lock_output_dir(sys.argv[2], 'training'); "
          "print('locked', flush=True); time.sleep(60)", str(ROOT), str(out)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -75,14 +76,14 @@ def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
                       "--epochs", "150", "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["seed"] == dc.Config.seed and metrics["epochs_completed"] == 150
+    assert metrics["config"]["seed"] == Config.seed and metrics["epochs_completed"] == 150
 
 
 # --- sizes that cannot fit -------------------------------------------------------------------
 
 def test_a_model_too_large_for_memory_is_refused_at_once_with_both_figures(tmp_path,
                                                                           synthetic_dir):
-    available = dc.available_memory()
+    available = guard.available_memory()
     if available is None:
         pytest.skip("this system does not report its available memory")
     # Measure the CLI's peak memory from a fresh parent, whose only child it is.
@@ -104,13 +105,13 @@ def test_a_model_too_large_for_memory_is_refused_at_once_with_both_figures(tmp_p
 
 
 def test_memory_estimate_counts_the_weights_adam_and_the_data():
-    config = dc.Config()
-    needed, weights = dc.training_memory(config)
-    assert weights == 535818 == dc.parameter_count(config.hidden)
+    config = Config()
+    needed, weights = guard.training_memory(config)
+    assert weights == 535818 == guard.parameter_count(config.hidden)
     assert 0.8 * 2 ** 30 < needed < 2 * 2 ** 30
-    bigger, _ = dc.training_memory(config, specs=[(100,), (4096, 4096)])
-    assert bigger == dc.training_memory(dc.Config(hidden=(4096, 4096)))[0]
-    assert dc.training_memory(dc.Config(committee=5))[1] == 5 * weights
+    bigger, _ = guard.training_memory(config, specs=[(100,), (4096, 4096)])
+    assert bigger == guard.training_memory(Config(hidden=(4096, 4096)))[0]
+    assert guard.training_memory(Config(committee=5))[1] == 5 * weights
 
 
 def test_ctrl_c_while_a_large_model_is_built_stops_at_once(tmp_path, synthetic_dir):
@@ -146,8 +147,8 @@ def test_a_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, synthet
 # --- the right data set ----------------------------------------------------------------------
 
 def test_official_mnist_is_recognised_and_fashion_mnist_refused_for_it(mnist_dir, tmp_path):
-    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
-    assert dc.recognise_dataset(arrays) == "mnist"
+    arrays, _ = data.read_data_dir(mnist_dir, "mnist")
+    assert data.recognise_dataset(arrays) == "mnist"
     result = run_cli("--dataset", "fashion-mnist", "--data-dir", mnist_dir, "--output-dir",
                      tmp_path / "out", "--epochs", "1")
     assert result.returncode == 2
@@ -164,12 +165,12 @@ def test_fashion_mnist_statistics_are_recognised_and_other_data_is_not():
     x_train.reshape(60000, -1)[:, :int(0.2860 * 784)] = 255  # Fashion-MNIST's mean pixel
     arrays = dict(x_train=x_train, y_train=rng.permutation(y_train),
                   x_test=np.zeros((10000, 28, 28), np.uint8), y_test=y_test)
-    assert dc.recognise_dataset(arrays) == "fashion-mnist"
+    assert data.recognise_dataset(arrays) == "fashion-mnist"
     arrays["x_train"] = np.full((60000, 28, 28), 33, np.uint8)  # MNIST-like brightness
-    assert dc.recognise_dataset(arrays) is None
+    assert data.recognise_dataset(arrays) is None
     from conftest import synthetic_digits
     x, y = synthetic_digits(600, seed=1)
-    assert dc.recognise_dataset(dict(x_train=x, y_train=y, x_test=x, y_test=y)) is None
+    assert data.recognise_dataset(dict(x_train=x, y_train=y, x_test=x, y_test=y)) is None
 
 
 # --- remembering the run's data, and messages that name the user's own flags -----------------
@@ -198,13 +199,34 @@ def test_download_failures_name_their_cause():
             return wrapped
 
     not_found = urllib.error.HTTPError("https://x/mnist.npz", 404, "Not Found", {}, None)
-    assert dc.download_failure(raised(not_found)) == "the server answered HTTP 404 Not Found"
+    assert data.download_failure(raised(not_found)) == "the server answered HTTP 404 Not Found"
     offline = urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
-    assert dc.download_failure(raised(offline)) == (
+    assert data.download_failure(raised(offline)) == (
         "no network connection (Temporary failure in name resolution)")
     corrupted = ValueError("Incomplete or corrupted file detected. The sha256 file hash does "
                            "not match the provided value of abc.")
-    assert "failed its checksum" in dc.download_failure(corrupted)
+    assert "failed its checksum" in data.download_failure(corrupted)
+
+
+def test_a_download_turns_only_download_failures_into_one_line(monkeypatch):
+    import keras
+
+    def failing(error):
+        def load_data():
+            raise error
+        return load_data
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data",
+                        failing(Exception("URL fetch failure on https://x: None -- refused")))
+    with pytest.raises(RunError, match="could not download MNIST: Exception: URL fetch"):
+        data.download_dataset("mnist")
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", failing(OSError(28, "No space")))
+    with pytest.raises(RunError, match="could not download MNIST"):
+        data.download_dataset("mnist")
+    # A bug is not the network: it shows as itself.
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", failing(TypeError("a bug")))
+    with pytest.raises(TypeError, match="a bug"):
+        data.download_dataset("mnist")
 
 
 def test_failed_download_names_the_cause_and_leaves_no_empty_directory(tmp_path):

@@ -2,12 +2,14 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import digit_classifier as dc
+from digitkit import data, images, saved
+from digitkit.config import DIGITS, MIN_CONFIDENCE
 from conftest import run_cli
 
 
@@ -52,7 +54,7 @@ def make_user_images(directory, x_test, y_test, count):
 
 
 def test_user_images_are_classified_like_mnist(trained_mnist, mnist_dir, tmp_path):
-    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
+    arrays, _ = data.read_data_dir(mnist_dir, "mnist")
     files, labels = make_user_images(tmp_path, arrays["x_test"], arrays["y_test"], 320)
     result = run_cli("--predict", *files, "--model", trained_mnist / "model.keras",
                      "--output-dir", tmp_path / "out", "--json")
@@ -67,7 +69,7 @@ def test_user_images_are_classified_like_mnist(trained_mnist, mnist_dir, tmp_pat
 
 
 def test_preprocessing_recovers_an_mnist_digit(mnist_dir):
-    arrays, _ = dc.read_data_dir(mnist_dir, "mnist")
+    arrays, _ = data.read_data_dir(mnist_dir, "mnist")
     rng = np.random.default_rng(1)
     for i in range(20):
         digit = arrays["x_test"][i]
@@ -75,10 +77,10 @@ def test_preprocessing_recovers_an_mnist_digit(mnist_dir):
         for style in ("rgb", "rgba"):
             image = user_style_image(digit, 200, style, rng)
             if image.mode == "RGBA":
-                gray = np.asarray(dc.flatten_transparency(image).convert("L"), np.float32) / 255
+                gray = np.asarray(images.flatten_transparency(image).convert("L"), np.float32) / 255
             else:
                 gray = np.asarray(image.convert("L"), np.float32) / 255
-            processed = dc.to_mnist_format(gray)
+            processed = images.to_mnist_format(gray)
             assert processed.shape == (28, 28) and processed.dtype == np.float32
             assert processed.max() == pytest.approx(1.0) and processed.min() >= 0
             ys, xs = np.indices(processed.shape)
@@ -130,7 +132,7 @@ def test_json_lines_carry_prediction_and_two_candidates(tmp_path, model_path):
                      "--output-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["file"] == str(image) and record["prediction"] in dc.DIGITS
+    assert record["file"] == str(image) and record["prediction"] in DIGITS
     assert len(record["candidates"]) == 2
     probabilities = [record["probability"]] + [c["probability"] for c in record["candidates"]]
     assert probabilities == sorted(probabilities, reverse=True)
@@ -158,6 +160,8 @@ def test_incompatible_model_is_refused(tmp_path):
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "train one first" in lines[0], result.stderr
+    # The cause stays in the one line: not just the exception's type.
+    assert re.search(r"not a loadable Keras model \(ValueError: \S", lines[0]), lines[0]
 
 
 def test_a_folder_of_2000_images_gives_a_csv_row_each(tmp_path, model_path):
@@ -186,12 +190,12 @@ def test_a_folder_of_2000_images_gives_a_csv_row_each(tmp_path, model_path):
     assert len(rows) == 2001
     assert [row["file"] for row in rows] == [str(single)] + [
         str(folder / f"scan{i:04d}.png") for i in range(2000)]
-    assert list(rows[0]) == list(dc.PREDICTION_COLUMNS)
+    assert list(rows[0]) == list(saved.PREDICTION_COLUMNS)
     for row in rows[:50]:
         p = [float(row["probability"]), float(row["second_probability"]),
              float(row["third_probability"])]
         assert p == sorted(p, reverse=True) and len({row["prediction"], row["second"], row["third"]}) == 3
-        assert row["unsure"] == str(int(p[0] < dc.MIN_CONFIDENCE))
+        assert row["unsure"] == str(int(p[0] < MIN_CONFIDENCE))
     assert (tmp_path / "out" / "predictions.png").stat().st_size > 0
 
 
@@ -222,20 +226,20 @@ class RecordingModel:
 def test_images_are_classified_a_bounded_chunk_at_a_time():
     model = RecordingModel()
     images = ((f"{i}.png", np.zeros((28, 28), np.float32)) for i in range(1001))
-    results = list(dc.classify(model, images, chunk=100))
+    results = list(saved.classify(model, images, chunk=100))
     assert model.batches == [100] * 10 + [1]
     assert [path for path, _, _ in results] == [f"{i}.png" for i in range(1001)]
 
 
 def test_the_picture_shows_a_bounded_subset_unsure_first():
-    shown = dc.ShownImages(limit=4)
+    shown = saved.ShownImages(limit=4)
     for i in range(10):
         shown.offer(np.full((28, 28), i, np.float32), f"image {i}", unsure=i in (5, 7))
     images, captions, colours, how_many = shown.chosen()
     assert captions == ["image 5", "image 7", "image 0", "image 1"]
     assert colours == ["tab:red", "tab:red", "black", "black"]
     assert how_many == "4 of 10 images, the unsure first" and len(images) == 4
-    few = dc.ShownImages(limit=4)
+    few = saved.ShownImages(limit=4)
     for i in range(3):
         few.offer(np.zeros((28, 28), np.float32), f"image {i}", unsure=i == 1)
     assert few.chosen()[1:] == (["image 0", "image 1", "image 2"],

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import digit_classifier as dc
+from digitkit import guard
+from digitkit.config import Config
 from conftest import SCRIPT, run_cli
 
 LONG = ["--epochs", "60", "--hidden", "32", "--batch-size", "64"]
@@ -164,7 +166,7 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        dc.write_atomically(target, write_then_fail)
+        guard.write_atomically(target, write_then_fail)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
@@ -227,23 +229,17 @@ def test_same_seed_gives_same_split_and_initial_weights():
     initial = []
     for _ in range(2):
         keras.utils.set_random_seed(3)
-        initial.append(dc.build_model((16,)).get_weights())
+        initial.append(dc.build_model(Config(hidden=(16,))).get_weights())
     for first, second in zip(*initial):
         np.testing.assert_array_equal(first, second)
 
 
-def test_second_sigint_exits_at_once_leaving_only_complete_files(tmp_path, synthetic_dir):
+def assert_only_complete_files(out):
+    """Every file under a final name in out is whole: JSON parses, PNGs verify, zips test."""
+    import zipfile
+
     from PIL import Image
 
-    out = tmp_path / "out"
-    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, *LONG)
-    wait_for_epochs(out, 2, process)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr
     for path in out.rglob("*"):
         if path.name.startswith(".") or path.is_dir():
             continue  # a temporary file the exit cut short is never under a final name
@@ -253,7 +249,52 @@ def test_second_sigint_exits_at_once_leaving_only_complete_files(tmp_path, synth
             with Image.open(path) as image:
                 image.verify()
         elif path.suffix == ".keras":
-            import zipfile
-
             assert zipfile.ZipFile(path).testzip() is None
+
+
+def test_second_sigint_exits_at_once_leaving_only_complete_files(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, *LONG)
+    wait_for_epochs(out, 2, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert_only_complete_files(out)
+    # What only quitting at once gives: the graceful stop would have gone on to evaluate,
+    # write the reports (metrics.json last) and keep the checkpoint for --resume.
+    assert not (out / "metrics.json").exists()
     assert (out / "checkpoint" / "state.json").is_file()
+
+
+def wait_for_file(path, process, timeout=120):
+    """Block until path exists (the run has reached the step that writes it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"run ended before writing {path.name}: {process.communicate()}")
+        time.sleep(0.01)
+    pytest.fail(f"{path.name} never appeared")
+
+
+def test_sigint_while_writing_reports_stops_keeping_complete_files(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, "--epochs", "2",
+                        "--hidden", "32", "--batch-size", "64", "--augment", "none",
+                        "--repeats", "3")
+    wait_for_file(out / "model.keras", process)  # saved first, once training has finished
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted"
+    assert "seed 43" not in stdout  # the repeats never started
+    assert_only_complete_files(out)
+    assert not (out / "metrics.json").exists()  # the record is written last
+    import keras
+
+    assert keras.models.load_model(out / "model.keras").output_shape == (None, 10)
+

@@ -1,6 +1,7 @@
 """Training end to end on synthetic data: files, their contents, and the model contract."""
 
 import csv
+import dataclasses
 import html
 import json
 import re
@@ -13,6 +14,8 @@ import pytest
 from PIL import Image
 
 import digit_classifier as dc
+from digitkit import augment, backend, metrics, networks, report, training
+from digitkit.config import Config, DATASETS, DIGITS, RunError
 from conftest import FAST, run_cli
 
 PNGS = ["confusion_matrix.png", "confusion_matrix_normalized.png", "training_curves.png",
@@ -41,7 +44,7 @@ def test_metrics_json_has_the_documented_keys(trained_synthetic):
     confusion = np.array(metrics["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == metrics["dataset"]["test_size"]
     assert np.trace(confusion) / confusion.sum() == pytest.approx(metrics["test_accuracy"])
-    assert [row["label"] for row in metrics["per_class"]] == list(dc.DIGITS)
+    assert [row["label"] for row in metrics["per_class"]] == list(DIGITS)
     assert {"precision", "recall", "f1", "support"} <= set(metrics["per_class"][0])
     assert sum(row["support"] for row in metrics["per_class"]) == 200
     assert len(metrics["history"]["loss"]) == 2 and len(metrics["history"]["val_accuracy"]) == 2
@@ -133,7 +136,7 @@ def test_fashion_mnist_uses_clothing_names(tmp_path, synthetic_dir):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [row["label"] for row in metrics["per_class"]] == list(
-        dc.DATASETS["fashion-mnist"]["classes"])
+        DATASETS["fashion-mnist"]["classes"])
     assert "Ankle boot" in result.stdout
     assert "Fashion-MNIST" in (tmp_path / "report.html").read_text()
 
@@ -157,30 +160,30 @@ def test_output_dir_that_is_a_file_fails_before_training(tmp_path, synthetic_dir
 # Contract tests on the model itself (in-process).
 
 def test_default_model_shape_and_parameter_count():
-    model = dc.build_model(dc.Config().hidden)
+    model = dc.build_model(Config(augment=None, dropout=0.0))
     assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
     expected = 0
-    widths = [784, *dc.Config().hidden, 10]
+    widths = [784, *Config().hidden, 10]
     for fan_in, fan_out in zip(widths, widths[1:]):
         expected += fan_in * fan_out + fan_out
     assert model.count_params() == expected
     assert [layer.activation.__name__ for layer in model.layers if hasattr(layer, "units")] == \
-        ["relu"] * len(dc.Config().hidden) + ["softmax"]
+        ["relu"] * len(Config().hidden) + ["softmax"]
 
 
 def test_seed_network_has_99710_parameters():
-    assert dc.build_model((100, 100, 100)).count_params() == 99_710
+    assert dc.build_model(Config(hidden=(100, 100, 100))).count_params() == 99_710
 
 
 def test_no_hidden_layer_is_softmax_regression():
-    model = dc.build_model(())
+    model = dc.build_model(Config(hidden=()))
     assert model.count_params() == 784 * 10 + 10
 
 
 def test_dropout_adds_one_layer_per_hidden_layer():
     import keras
 
-    model = dc.build_model((64, 32, 16), dropout=0.3)
+    model = dc.build_model(Config(hidden=(64, 32, 16), dropout=0.3))
     dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert len(dropouts) == 3 and all(layer.rate == 0.3 for layer in dropouts)
     names = [layer.name for layer in model.layers]
@@ -192,9 +195,9 @@ def test_augmentation_acts_in_training_only(kind):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = dc.build_model((16,), augment=kind)
+    model = dc.build_model(Config(hidden=(16,), augment=kind))
     distort = model.layers[0]
-    assert isinstance(distort, dc.distortion_layer_class())
+    assert isinstance(distort, augment.RandomDistortion)
     images = np.zeros((8, 28, 28), np.float32)
     images[:, 10:18, 12:16] = 1.0
     training = np.asarray(distort(images, training=True))
@@ -209,7 +212,7 @@ def test_bilinear_sampling_shifts_and_interpolates_exactly():
     images = np.random.default_rng(0).random((2, 28, 28)).astype(np.float32)
     rows, cols = np.meshgrid(np.arange(28.0), np.arange(28.0), indexing="ij")
     rows, cols = np.broadcast_to(rows, images.shape), np.broadcast_to(cols, images.shape)
-    sample = dc.distortion_layer_class().bilinear
+    sample = augment.RandomDistortion.bilinear
     np.testing.assert_allclose(np.asarray(sample(images, rows, cols)), images, atol=1e-6)
     up = np.asarray(sample(images, rows + 1, cols))  # read one row down: the image moves up
     np.testing.assert_allclose(up[:, :-1], images[:, 1:], atol=1e-6)
@@ -223,7 +226,7 @@ def test_elastic_field_is_smooth_and_independent_in_x_and_y():
     import keras
 
     keras.utils.set_random_seed(0)
-    layer = dc.distortion_layer_class()(elastic=34.0, sigma=4.0)
+    layer = augment.RandomDistortion(elastic=34.0, sigma=4.0)
     field = np.asarray(layer.smoothed_noise(64, 28, 28))
     assert field.shape == (64, 2, 28, 28)
     # Keras' own RandomElasticTransform draws both from one seed: x and y move together.
@@ -240,7 +243,7 @@ def test_gaussian_matrix_blurs_as_a_zero_padded_convolution():
     taps /= taps.sum()
     signal = np.random.default_rng(3).uniform(-1, 1, 28)
     expected = np.convolve(signal, taps, mode="same")  # zeros beyond both ends
-    np.testing.assert_allclose(dc.gaussian_matrix(28, sigma) @ signal, expected, atol=1e-6)
+    np.testing.assert_allclose(augment.gaussian_matrix(28, sigma) @ signal, expected, atol=1e-6)
 
 
 def test_bilinear_sampling_matches_a_reference_anywhere_in_and_around_the_image():
@@ -260,7 +263,7 @@ def test_bilinear_sampling_matches_a_reference_anywhere_in_and_around_the_image(
         dy, dx = y - y0, x - x0
         expected[b, i, j] = ((1 - dy) * ((1 - dx) * pixel(b, y0, x0) + dx * pixel(b, y0, x0 + 1))
                              + dy * ((1 - dx) * pixel(b, y0 + 1, x0) + dx * pixel(b, y0 + 1, x0 + 1)))
-    sample = dc.distortion_layer_class().bilinear
+    sample = augment.RandomDistortion.bilinear
     np.testing.assert_allclose(np.asarray(sample(images, src_y, src_x)), expected, atol=1e-5)
 
 
@@ -285,47 +288,22 @@ def image_moments(image):
 def test_deskewing_stands_a_slanted_stroke_upright_and_centres_it():
     slanted = sheared_bar(0.5, centre=(12.0, 17.0))
     assert image_moments(slanted)[2] == pytest.approx(0.5, abs=0.05)
-    upright, blank = np.asarray(dc.deskew_model()(np.stack([slanted, np.zeros((28, 28))])))
+    upright, blank = np.asarray(augment.deskew_model()(np.stack([slanted, np.zeros((28, 28))])))
     cy, cx, skew = image_moments(upright)
     assert abs(skew) < 0.05 and cy == pytest.approx(14, abs=0.3) and cx == pytest.approx(14, abs=0.3)
     assert upright.sum() == pytest.approx(slanted.sum(), rel=0.05)  # ink moved, not lost
     np.testing.assert_array_equal(blank, 0)  # nothing to deskew: no NaN, nothing invented
     straight = sheared_bar(0.0)
-    np.testing.assert_allclose(np.asarray(dc.deskew_model()(straight[None]))[0], straight,
+    np.testing.assert_allclose(np.asarray(augment.deskew_model()(straight[None]))[0], straight,
                                atol=0.02)
-
-
-def test_width_normalisation_brings_the_upright_ink_to_its_width_within_bounds():
-    def spread(image):  # the horizontal standard deviation of the ink
-        cols = np.mgrid[:28, :28][1]
-        cx = (image * cols).sum() / image.sum()
-        return np.sqrt((image * (cols - cx) ** 2).sum() / image.sum())
-
-    ring = np.zeros((28, 28), np.float32)
-    rows, cols = np.mgrid[:28, :28]
-    radius = np.hypot((rows - 14) / 8, (cols - 14) / 5)
-    ring[(radius > 0.75) & (radius < 1.05)] = 1.0  # an upright "0", about 10 pixels wide
-    slanted_ring = dc.resample(ring[None], [0.3], [1.0], [0.0], [0.0])[0]
-    bar = sheared_bar(0.4)  # a slanted "1"
-    images = np.stack([ring, slanted_ring, bar, np.zeros((28, 28))]).astype(np.float32)
-    upright_bar = np.asarray(dc.deskew_model()(bar[None]))[0]
-    for target in (3.0, 4.5):
-        out = np.asarray(dc.deskew_model(ink_width=target)(images))
-        assert spread(out[0]) == pytest.approx(target, rel=0.1)
-        assert spread(out[1]) == pytest.approx(target, rel=0.1)
-        assert abs(image_moments(out[1])[2]) < 0.05  # still deskewed
-        # A "1" is far narrower than any target: stretched by the most allowed, not more.
-        assert spread(out[2]) == pytest.approx(dc.MAX_WIDTH_SCALE * spread(upright_bar),
-                                               rel=0.1)
-        np.testing.assert_array_equal(out[3], 0)
-    assert spread(ring) > 3.0 and spread(ring) < 4.5  # so one target squeezes, one stretches
 
 
 def test_a_deskewing_model_deskews_in_use_and_after_a_plain_keras_load(tmp_path):
     import keras
 
-    model = dc.inference_model(dc.build_model((16,), augment="elastic", deskew=True))
-    assert dc.architecture(model).startswith("Deskew -> Flatten")
+    model = networks.for_inference(dc.build_model(Config(hidden=(16,), augment="elastic",
+                                                          deskew=True, dropout=0.0)))
+    assert networks.architecture(model).startswith("Deskew -> Flatten")
     images = np.stack([sheared_bar(0.6), sheared_bar(-0.4)]).astype(np.float32)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -349,8 +327,8 @@ def test_one_network_runs_one_op_at_a_time_on_a_cpu_and_a_committee_side_by_side
     # A fresh process each, since TensorFlow takes thread settings only before it starts.
     def inter_op_threads(committee):
         check = subprocess.run([sys.executable, "-c", (
-            "import sys, digit_classifier as dc; "
-            "dc.setup_keras(dc.Config(committee=int(sys.argv[1]))); import tensorflow as tf; "
+            "import sys; from digitkit import backend; from digitkit.config import Config; "
+            "backend.start(Config(committee=int(sys.argv[1]))); import tensorflow as tf; "
             "print(tf.config.threading.get_inter_op_parallelism_threads())"), str(committee)],
             capture_output=True, text=True, timeout=120, cwd=Path(dc.__file__).parent)
         assert check.returncode == 0, check.stderr
@@ -364,13 +342,13 @@ def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
     import keras
 
     keras.utils.set_random_seed(0)
-    model = dc.build_model((16,), augment="elastic", committee=3)
+    model = dc.build_model(Config(hidden=(16,), augment="elastic", committee=3, dropout=0.0))
     assert model.output_shape == (None, 3, 10)
     labels = np.array([3, 1, 4])
-    np.testing.assert_array_equal(dc.committee_labels(labels, model), [[3] * 3, [1] * 3, [4] * 3])
-    final = dc.inference_model(model)
+    np.testing.assert_array_equal(networks.committee_labels(labels, model), [[3] * 3, [1] * 3, [4] * 3])
+    final = networks.for_inference(model)
     assert final.output_shape == (None, 10) and final.name == model.name
-    assert not any(isinstance(layer, dc.distortion_layer_class())
+    assert not any(isinstance(layer, augment.RandomDistortion)
                    for member in final.layers for layer in getattr(member, "layers", []))
     images = np.random.default_rng(1).random((5, 28, 28)).astype(np.float32)
     np.testing.assert_allclose(final.predict(images, verbose=0),
@@ -384,14 +362,13 @@ def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
 def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
-                     "--deskew", "--width-norm", "--committee", "3", "--epochs", "2",
+                     "--deskew", "--committee", "3", "--epochs", "2",
                      "--hidden", "16", "--batch-size", "64")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["committee"] == 3 and metrics["config"]["augment"] == "elastic"
-    assert metrics["config"]["deskew"] is True and metrics["config"]["width_norm"] is True
-    assert metrics["architecture"].startswith(
-        "average of 3 x ({Deskew, Deskew+Width(3), Deskew+Width(3.5)} -> Flatten")
+    assert metrics["config"]["deskew"] is True
+    assert metrics["architecture"].startswith("average of 3 x (Deskew -> Flatten")
     assert len(metrics["member_test_accuracy"]) == 3
     members = re.search(r'<span id="members">([^<]*)</span>', (out / "report.html").read_text())
     assert members.group(1) == ", ".join(f"{a:.2%}" for a in metrics["member_test_accuracy"])
@@ -416,7 +393,7 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
                      "--augment", "elastic", "--deskew", "--committee", "2", *FAST)
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())
-    assert trained["config"]["backend"] == "jax"
+    assert trained["versions"]["backend"] == "jax"  # what Keras really ran on
     again = run_cli("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
                     "--output-dir", tmp_path / "evaluation", "--quiet")  # TensorFlow
     assert again.returncode == 0, again.stderr
@@ -426,11 +403,9 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
 
 
 def test_checkpoint_of_a_distorting_committee_loads_for_resume(tmp_path):
-    config = dc.Config(hidden=(8,), augment="elastic", deskew=True, committee=2, quiet=True)
-    model = dc.compile_model(dc.build_model(config.hidden, 0.0, "elastic", committee=2,
-                                            deskew=True),
-                             config, steps_per_epoch=4)
-    checkpoint = dc.Checkpoint(tmp_path)
+    config = Config(hidden=(8,), augment="elastic", deskew=True, committee=2, quiet=True)
+    model = dc.compile_model(dc.build_model(config), config, steps_per_epoch=4)
+    checkpoint = training.Checkpoint(tmp_path)
     checkpoint.save(model, 1, [{"epoch": 1}], config)
     loaded, epochs_done, history = checkpoint.load(config)
     images = np.random.default_rng(2).random((3, 28, 28)).astype(np.float32)
@@ -439,16 +414,44 @@ def test_checkpoint_of_a_distorting_committee_loads_for_resume(tmp_path):
     assert epochs_done == 1 and history == [{"epoch": 1}]
 
 
+def test_a_checkpoint_that_cannot_load_says_why_in_one_line(tmp_path):
+    config = Config(hidden=(8,), augment=None, quiet=True)
+    model = dc.compile_model(dc.build_model(config), config, steps_per_epoch=4)
+    checkpoint = training.Checkpoint(tmp_path)
+    checkpoint.save(model, 1, [{"epoch": 1}], config)
+    (checkpoint.directory / "epoch-0001.keras").write_bytes(b"not a zip")
+    with pytest.raises(RunError) as error:
+        checkpoint.load(config)
+    message = str(error.value)
+    assert re.search(r"cannot load checkpoint \((ValueError|OSError|BadZipFile): \S", message)
+    assert "\n" not in message and "to start over" in message
+
+
+def test_the_record_the_page_and_the_summary_name_the_device_that_trained(trained_synthetic):
+    import tensorflow as tf
+
+    out, result = trained_synthetic
+    gpus = tf.config.list_physical_devices("GPU")
+    record = json.loads((out / "metrics.json").read_text())
+    if gpus:
+        assert record["device"].startswith(f"{len(gpus)} x "), record["device"]
+    else:
+        assert record["device"] == "CPU"
+    page = (out / "report.html").read_text()
+    assert f'<span id="device">{html.escape(record["device"])}</span>' in page
+    assert f"(device: {record['device']})" in result.stdout
+
+
 def test_score_matches_a_hand_computed_example():
     probabilities = np.array([[0.9, 0.1] + [0] * 8, [0.2, 0.8] + [0] * 8,
                               [0.6, 0.4] + [0] * 8], dtype=np.float32)
     labels = np.array([0, 1, 1])
-    scores = dc.score(probabilities, labels)
+    scores = metrics.score(probabilities, labels)
     assert scores["test_accuracy"] == pytest.approx(2 / 3)
     assert scores["confusion_matrix"][1, 0] == 1 and scores["confusion_matrix"][0, 0] == 1
     assert scores["precision"][0] == pytest.approx(0.5) and scores["recall"][1] == pytest.approx(0.5)
     assert scores["test_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4])), rel=1e-5)
-    assert dc.top_confusions(scores["confusion_matrix"], dc.DIGITS) == [("1", "0", 1)]
+    assert metrics.top_confusions(scores["confusion_matrix"], DIGITS) == [("1", "0", 1)]
 
 
 def test_patience_stops_early_and_keeps_the_best_epoch():
@@ -461,18 +464,19 @@ def test_patience_stops_early_and_keeps_the_best_epoch():
     y = y.astype(np.int32)
     # Every validation label is wrong, so validation loss worsens as the network learns.
     data = dict(x_train=x[100:], y_train=y[100:], x_val=x[:100], y_val=(y[:100] + 1) % 10)
-    config = dc.Config(hidden=(32,), dropout=0.0, epochs=30, batch_size=50, patience=1,
+    config = Config(hidden=(32,), dropout=0.0, epochs=30, batch_size=50, patience=1,
                        lr_schedule="constant", steps_per_execution=1, quiet=True)
     keras.utils.set_random_seed(0)
-    model = dc.compile_model(dc.build_model(config.hidden), config, steps_per_epoch=10)
+    model = dc.compile_model(dc.build_model(dataclasses.replace(config, augment=None)), config,
+                             steps_per_epoch=10)
 
     class NoSignal:
         received = None
 
-    training = dc.train(model, data, config, NoSignal())
-    assert training["kept_epoch"] == 1
-    assert training["epochs_completed"] == 2  # one epoch without improvement, then stop
-    losses = [row["val_loss"] for row in training["history"]]
+    trained = dc.fit(model, data, config, NoSignal())
+    assert trained["kept_epoch"] == 1
+    assert trained["epochs_completed"] == 2  # one epoch without improvement, then stop
+    losses = [row["val_loss"] for row in trained["history"]]
     assert losses[1] > losses[0]
 
 
@@ -483,21 +487,22 @@ def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json()
     x_test, y_test = synthetic_digits(200, seed=2)
     arrays = dict(x_train=x_train, y_train=y_train.astype(np.int32), x_test=x_test,
                   y_test=y_test.astype(np.int32))
-    config = dc.Config(hidden=(32,), epochs=3, batch_size=64, augment=None, quiet=True, seed=3)
-    dc.setup_keras(config)
+    config = Config(hidden=(32,), epochs=3, batch_size=64, augment=None, quiet=True, seed=3)
+    backend.start(config)
     data = dc.split_and_scale(arrays, config.validation_split, config.seed)
-    result = dc.train_and_evaluate(config, data, dc.StopSignals())
-    training, scores = result["training"], result["scores"]
-    assert training["epochs_completed"] == 3 and not training["interrupted"]
-    assert [row["epoch"] for row in training["history"]] == [1, 2, 3]
+    result = dc.train_and_evaluate(config, data, training.StopSignals())
+    trained, scores = result["training"], result["scores"]
+    assert trained["epochs_completed"] == 3 and not trained["interrupted"]
+    assert [row["epoch"] for row in trained["history"]] == [1, 2, 3]
     assert scores["test_accuracy"] > 0.5  # it learned: chance is 0.1
     assert result["parameters"] == 784 * 32 + 32 + 32 * 10 + 10
     np.testing.assert_allclose(result["final"].predict(data["x_test"], verbose=0).argmax(1),
                                scores["predicted"])
     info = dict(name="mnist", title="MNIST", source="arrays", train_size=540,
                 validation_size=60, test_size=200)
-    record = dc.build_record(config, info, scores, training=training, model=result["final"],
-                             timing={"train_seconds": training["seconds"]})
+    record = report.build_record(config, info, scores, training=trained,
+                                 architecture=result["architecture"],
+                                 timing={"train_seconds": trained["seconds"]})
     assert record["architecture"] == ("Flatten -> Dense(32, relu) -> Dropout(0.2) -> "
                                       "Dense(10, softmax)")
     assert record["test_accuracy"] == scores["test_accuracy"] and record["epochs_completed"] == 3

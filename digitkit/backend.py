@@ -1,0 +1,119 @@
+"""Backend: the one place Keras is first imported, with the backend the flags chose, seeded.
+
+Keras reads KERAS_BACKEND once, when it is first imported, so every module of this package
+that imports Keras at its top is imported only after start() has run. On a machine with a
+GPU, TensorFlow (tensorflow[and-cuda]) or JAX (jax[cuda]) uses it with no change here;
+device() says which device the run used, and every report records it.
+"""
+
+import os
+import platform
+import sys
+
+import numpy as np
+
+from digitkit.config import RunError
+
+class NativeStderrSilenced:
+    """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up logging ignores
+    TF_CPP_MIN_LOG_LEVEL (it logs before reading it) and would otherwise greet every run
+    with CUDA and oneDNN notices."""
+
+    def __enter__(self):
+        """Redirect fd 2 to /dev/null."""
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    def __exit__(self, *exc):
+        """Give fd 2 back."""
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+
+
+def start(config):
+    """Select the backend, import Keras, seed every generator, and opt into determinism."""
+    # Level 3 also hides TensorFlow's C++ "E0000 ... NodeDef mentions attribute" lines, which
+    # look like errors but are not (a real failure still arrives as a Python exception).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["KERAS_BACKEND"] = config.backend
+    try:
+        with NativeStderrSilenced():
+            import keras
+
+            if config.backend == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # the CUDA probe that logs on CPU machines
+                tf.get_logger().setLevel("ERROR")  # e.g. retracing notices when comparing models
+    except ImportError as err:
+        hint = ("pip install -r requirements.txt" if config.backend == "tensorflow"
+                else "pip install jax (listed in requirements-dev.txt)")
+        raise RunError(f"cannot import Keras with the {config.backend} backend ({err}); "
+                       f"install it with: {hint}") from None
+    if keras.backend.backend() != config.backend:
+        raise RunError(f"Keras was already imported with the {keras.backend.backend()} backend")
+    if config.backend == "tensorflow" and config.committee == 1:
+        one_op_at_a_time()
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic and config.backend == "tensorflow":
+        tf.config.experimental.enable_op_determinism()
+    return keras
+
+
+def one_op_at_a_time():
+    """On a CPU, let TensorFlow run one op at a time, each on all cores (inter-op threads 1).
+
+    One network's ops depend on each other, so TensorFlow's default of running independent
+    ops side by side mostly makes threads compete: one at a time trains the default network
+    about 1.15x faster here (README, Performance). A committee's members are independent
+    networks, and there running them side by side is faster, so start() leaves it to
+    committees. The setting can only change before TensorFlow starts; a process that already
+    started (tests, a committee trained first) keeps what it has.
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+
+
+def device():
+    """What trains: "CPU", or the accelerators' name and count, e.g. "1 x NVIDIA H200"."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        found = [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    else:
+        import tensorflow as tf
+
+        found = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+                 for gpu in tf.config.list_physical_devices("GPU")]
+    if not found:
+        return "CPU"
+    names = sorted(set(found))
+    return ", ".join(f"{found.count(name)} x {name}" for name in names)
+
+
+def environment():
+    """What made a result: Python, NumPy, Keras and its backend's versions, and the device."""
+    import keras
+
+    found = dict(python=platform.python_version(), keras=keras.__version__,
+                 numpy=np.__version__, backend=keras.backend.backend())
+    if found["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        found["tensorflow"] = tf.__version__
+    else:
+        import jax
+
+        found["jax"] = jax.__version__
+    return found, device()

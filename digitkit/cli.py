@@ -1,0 +1,233 @@
+"""The command line: every flag, typed and range-checked, with its default shown in --help.
+
+parse_command_line returns the mode, the frozen Config and the mode's options, or exits 2
+with a one-line usage error. Imports nothing heavy, so --help and every usage error answer
+before TensorFlow is loaded.
+"""
+
+import argparse
+import dataclasses
+import math
+import textwrap
+from pathlib import Path
+
+from digitkit.config import (AUGMENTATIONS, DATASETS, DRAW_PORT, MIN_CONFIDENCE, PRESETS, Config,
+                             format_hidden)
+from digitkit.report import recorded_data
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are a single line on stderr (exit 2)."""
+
+    def error(self, message):
+        """Print one line and exit 2."""
+        # Escape control characters a user's argument may carry, so the error stays one line.
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def checked(convert, is_valid, expected):
+    """An argparse type: convert the text, then insist on a range; the error says what was expected."""
+    def parse(text):
+        """The checked value, or an argparse error naming what was expected."""
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not is_valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = checked(int, lambda v: v >= 1, "an integer of at least 1")
+nonnegative_int = checked(int, lambda v: v >= 0, "an integer of at least 0")
+positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number above 0")
+fraction = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+probability = checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+port_number = checked(int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
+
+
+def hidden_spec(text):
+    """Comma-separated hidden widths such as '512,256', or 'none' for no hidden layer."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"bad architecture {text!r}: {err}") from None
+
+
+def build_parser():
+    """The command-line interface; defaults come from Config and are shown in --help."""
+    d = Config()
+    parser = Parser(
+        prog="digit_classifier.py",
+        description="Train a dense network on MNIST or Fashion-MNIST, evaluate it on the test "
+                    "set, and write reports; or use a saved model on your own images.",
+        argument_default=argparse.SUPPRESS, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="presets set several options at once; flags given explicitly override them:\n"
+               + "\n".join(textwrap.fill(f"--preset {name}: " + ", ".join(
+                   f"{key}={format_hidden(value) if key == 'hidden' else value}"
+                   for key, value in values.items()), width=78, initial_indent="  ",
+                   subsequent_indent="    ") for name, values in PRESETS.items()))
+    mode = parser.add_argument_group("what to do (default: train)").add_mutually_exclusive_group()
+    mode.add_argument("--predict", nargs="+", metavar="IMAGE",
+                      help="classify image files, or every image in a folder, with a saved model "
+                           "(see --model); writes predictions.csv and predictions.png")
+    mode.add_argument("--draw", action="store_true",
+                      help="serve a page on 127.0.0.1 where you draw a digit with mouse, pen or "
+                           "finger and see the saved model's answer as you draw (see --port)")
+    mode.add_argument("--evaluate", action="store_true",
+                      help="evaluate a saved model on the test set and write its reports "
+                           "in OUTPUT_DIR/evaluation")
+    mode.add_argument("--compare", nargs="+", metavar="SPEC", type=hidden_spec,
+                      help="train one network per SPEC of comma-separated hidden widths "
+                           "(e.g. 100 100,100 512,256; 'none' for no hidden layer) and compare")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=sorted(DATASETS),
+                      help=f"which dataset (default: {d.dataset})")
+    data.add_argument("--data-dir", metavar="DIR",
+                      help="read the four IDX files (plain or .gz) or an mnist.npz from DIR "
+                           "instead of downloading (default: Keras' download and cache)")
+    data.add_argument("--validation-split", type=fraction, metavar="FRACTION",
+                      help=f"fraction of the training set held out for validation "
+                           f"(default: {d.validation_split})")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--hidden", nargs="*", type=positive_int, metavar="WIDTH",
+                       help=f"widths of the Dense ReLU hidden layers; none for softmax regression "
+                            f"(default: {' '.join(map(str, d.hidden))})")
+    model.add_argument("--dropout", type=fraction, metavar="RATE",
+                       help=f"fraction of units dropped after each hidden layer (default: {d.dropout})")
+    model.add_argument("--augment", nargs="?", const="affine",
+                       choices=[*sorted(AUGMENTATIONS), "none"],
+                       help="randomly distort training images: affine shifts (+-2 px), rotates "
+                            "(+-10 degrees) and scales (+-10%%); elastic adds an elastic "
+                            f"warp; none trains on the images as they are (default: {d.augment}; "
+                            "--augment alone: affine)")
+    model.add_argument("--deskew", action=argparse.BooleanOptionalAction,
+                       help="deskew every image by its moments inside the model, in training "
+                            "and in use (default: off; on in --preset best)")
+    model.add_argument("--committee", type=positive_int, metavar="N",
+                       help="train N networks side by side and average their predictions "
+                            f"(default: {d.committee})")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--preset", choices=sorted(PRESETS),
+                          help="a named set of the options below (default: none)")
+    training.add_argument("--epochs", type=positive_int, help=f"training epochs (default: {d.epochs})")
+    training.add_argument("--batch-size", type=positive_int,
+                          help=f"images per training step (default: {d.batch_size})")
+    training.add_argument("--learning-rate", type=positive_float, metavar="RATE",
+                          help=f"Adam's (peak) learning rate (default: {d.learning_rate:g})")
+    training.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                          help=f"constant, or cosine decay to 0 over training (default: {d.lr_schedule})")
+    training.add_argument("--warmup-epochs", type=nonnegative_int, metavar="N",
+                          help=f"with --lr-schedule cosine, ramp the rate up linearly over the "
+                               f"first N epochs (default: {d.warmup_epochs})")
+    training.add_argument("--patience", type=positive_int, metavar="N",
+                          help="stop when validation loss has not improved for N epochs and keep "
+                               "the best weights (default: off)")
+    training.add_argument("--steps-per-execution", type=positive_int, metavar="N",
+                          help=f"training steps per call into the compiled graph "
+                               f"(default: {d.steps_per_execution})")
+    training.add_argument("--seed", type=nonnegative_int,
+                          help=f"seed for the data split, initial weights and shuffling "
+                               f"(default: {d.seed})")
+    training.add_argument("--repeats", type=positive_int, metavar="N",
+                          help=f"train with N seeds (seed, seed+1, ...) and report mean and "
+                               f"standard deviation (default: {d.repeats})")
+    training.add_argument("--deterministic", action="store_true",
+                          help="bit-for-bit reproducible training, at some cost in speed "
+                               "(default: off)")
+    training.add_argument("--resume", action="store_true",
+                          help="continue the unfinished run checkpointed in OUTPUT_DIR (default: off)")
+    training.add_argument("--backend", choices=("tensorflow", "jax"),
+                          help=f"Keras backend (default: {d.backend})")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", metavar="DIR",
+                        help=f"where reports and the model go (default: {d.output_dir})")
+    output.add_argument("--port", type=port_number, metavar="N",
+                        help=f"with --draw, the port to listen on; 0 picks a free one "
+                             f"(default: {DRAW_PORT})")
+    output.add_argument("--model", metavar="PATH",
+                        help="saved model for --predict, --draw and --evaluate "
+                             "(default: OUTPUT_DIR/model.keras)")
+    output.add_argument("--json", action="store_true",
+                        help="with --predict, print one JSON object per image")
+    output.add_argument("--min-confidence", type=probability, metavar="P",
+                        help="with --predict or --draw, mark answers whose calibrated top probability is "
+                             f"below P as unsure (default: {MIN_CONFIDENCE:g}; report.html shows "
+                             "what each level means on the validation split)")
+    output.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard logs (per-epoch scalars, the model graph) to "
+                             "OUTPUT_DIR/tensorboard; needs the tensorboard package (default: off)")
+    output.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def parse_command_line(argv=None):
+    """Parse and cross-check the flags; return (mode, config, options) or exit 2."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    mode = next((name for name in ("predict", "draw", "evaluate", "compare") if name in args),
+                "train")
+
+    def refuse(flag, reason):
+        """Fail with a usage error if flag was given."""
+        if flag in args:
+            parser.error(f"argument --{flag.replace('_', '-')}: {reason}")
+
+    if mode != "predict":
+        refuse("json", "only with --predict")
+    if mode not in ("predict", "draw"):
+        refuse("min_confidence", "only with --predict or --draw")
+    if mode != "draw":
+        refuse("port", "only with --draw")
+    if mode not in ("predict", "draw", "evaluate"):
+        refuse("model", "only with --predict, --draw or --evaluate")
+    if mode != "train":
+        refuse("resume", "only when training")
+    if mode not in ("train", "compare"):
+        refuse("tensorboard", "only when training or comparing")
+    if mode in ("predict", "draw", "evaluate"):
+        for flag in ("repeats", "epochs", "hidden", "preset", "patience", "resume", "augment",
+                     "deskew", "committee"):
+            refuse(flag, f"has no effect with --{mode}")
+    if mode == "compare":
+        refuse("hidden", "not with --compare, whose SPECs give the hidden layers")
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    values = dict(PRESETS.get(args.get("preset"), {}))
+    values.update({key: value for key, value in args.items() if key in fields})
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    if values.get("augment") == "none":
+        values["augment"] = None
+    model_path = args.get("model", str(Path(args.get("output_dir", Config.output_dir))
+                                       / "model.keras"))
+    recorded = None
+    if mode == "evaluate" and "data_dir" not in args and "dataset" not in args:
+        recorded = recorded_data(model_path)  # the data the model was trained and tested on
+        values.update(recorded or {})
+    if mode == "evaluate" and "output_dir" not in args:
+        values["output_dir"] = str(Path(Config.output_dir) / "evaluation")
+    config = Config(**values)
+
+    if config.patience is not None and config.validation_split == 0:
+        parser.error("argument --patience: needs a validation set (--validation-split above 0)")
+    if config.warmup_epochs and config.lr_schedule != "cosine":
+        parser.error("argument --warmup-epochs: only with --lr-schedule cosine")
+    if config.warmup_epochs >= config.epochs and config.warmup_epochs:
+        parser.error(f"argument --warmup-epochs: must be fewer than --epochs ({config.epochs})")
+    if config.repeats > 1 and config.resume:
+        parser.error("argument --resume: not with --repeats")
+    options = dict(specs=args.get("compare"), images=args.get("predict"),
+                   json=args.get("json", False),
+                   min_confidence=args.get("min_confidence", MIN_CONFIDENCE),
+                   model=model_path, recorded=recorded, port=args.get("port", DRAW_PORT))
+    return mode, config, options

@@ -1,0 +1,115 @@
+"""Networks: a committee side by side, the model that is saved, what it is, and what it knows.
+
+The script builds one dense network; this module stacks several into a committee, strips
+the training-only distortion and averages the members for the saved model, describes a
+model in one line, and writes and reads the facts model.keras carries beside its weights
+(the dataset it was trained on, hence its class names). Imports Keras at its top: import
+this module only after backend.start.
+"""
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+from keras import layers
+
+from digitkit.augment import RandomDistortion
+from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES
+from digitkit.guard import write_atomically
+
+METADATA_NAME = "digit_classifier.json"  # our entry in the model.keras zip; Keras ignores it
+
+
+def committee(members):
+    """Several networks side by side on the same input, their outputs stacked to
+    (batch, members, 10), so that each member is trained on its own loss (committee_labels);
+    for_inference averages them. Each member distorts every batch in its own way."""
+    inputs = keras.Input(shape=IMAGE_SHAPE)
+    stacked = [layers.Reshape((1, NUM_CLASSES))(member(inputs)) for member in members]
+    return keras.Model(inputs, layers.Concatenate(axis=1, name="members")(stacked),
+                       name="committee")
+
+
+def committee_labels(labels, model):
+    """Labels shaped for the model's output: one copy per committee member."""
+    members = model.output_shape[1] if len(model.output_shape) == 3 else 1
+    return labels if members == 1 else np.repeat(labels[:, None], members, axis=1)
+
+
+def for_inference(model):
+    """The trained network without its training-only distortion, a committee averaged.
+
+    This is what model.keras holds: plain Keras layers that any Keras program can load.
+    """
+    def strip(network):
+        """A Sequential of the network's layers minus the distortion, sharing the weights."""
+        kept = [layer for layer in network.layers if not isinstance(layer, RandomDistortion)]
+        if len(kept) == len(network.layers):
+            return network  # nothing to strip: keep it whole, optimizer state included
+        return keras.Sequential([keras.Input(shape=IMAGE_SHAPE), *kept], name=network.name)
+
+    if isinstance(model, keras.Sequential):
+        return strip(model)
+    inputs = keras.Input(shape=IMAGE_SHAPE)
+    members = [strip(layer) for layer in model.layers if isinstance(layer, keras.Sequential)]
+    average = layers.Average(name="average")([member(inputs) for member in members])
+    return keras.Model(inputs, average, name=model.name)
+
+
+def networks(model):
+    """The dense networks of an inference model: itself, or a committee's members."""
+    if isinstance(model, keras.Sequential):
+        return [model]
+    return [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
+
+
+def describe_model(model):
+    """The model summary as text, as Keras prints it."""
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines)
+
+
+def architecture(model):
+    """The layers of a saved-style model in one line, e.g. Flatten -> Dense(512, relu) -> ..."""
+    if not isinstance(model, keras.Sequential):
+        members = networks(model)
+        return f"average of {len(members)} x ({architecture(members[0])})"
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, layers.Dense):
+            names.append(f"Dense({layer.units}, {layer.activation.__name__})")
+        elif isinstance(layer, layers.Dropout):
+            names.append(f"Dropout({layer.rate:g})")
+        elif isinstance(layer, keras.Model):  # the deskewing, a model of Keras ops
+            names.append("Deskew")
+        else:
+            names.append(type(layer).__name__)
+    return " -> ".join(names)
+
+
+def save_model(model, path, dataset):
+    """Write model.keras whole or not at all, with the facts it carries beside its weights."""
+    def write(tmp):
+        """The Keras archive, then our entry in it."""
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(METADATA_NAME, json.dumps(dict(
+                dataset=dataset, classes=list(DATASETS[dataset]["classes"]),
+                architecture=architecture(model))))
+
+    return write_atomically(path, write)
+
+
+def saved_dataset(path, model):
+    """The dataset a saved model was trained on: from its metadata, or, for models saved
+    before metadata existed, from the name they were given then ("fashion_mnist_dense")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            dataset = json.loads(archive.read(METADATA_NAME)).get("dataset")
+        if dataset in DATASETS:
+            return dataset
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, AttributeError):
+        pass
+    return "fashion-mnist" if model.name == "fashion_mnist_dense" else "mnist"

@@ -1,0 +1,201 @@
+"""Saved models in use: --evaluate scores one on the test set, --predict classifies images.
+
+Both load model.keras as any Keras program would (plain keras.models.load_model: the
+deskewing and the calibration are inside it) and read the dataset it was trained on from
+it, so its answers carry that dataset's class names. Imports Keras at its top: import this
+module only after backend.start.
+"""
+
+import csv
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from digitkit import plots, trust
+from digitkit.config import (CALIBRATION_BINS, DATASETS, EVAL_BATCH_SIZE, IMAGE_SHAPE,
+                             NUM_CLASSES, RunError, one_line)
+from digitkit.guard import require_model_file, train_first, write_atomically, write_json
+from digitkit.images import ImageError, read_image, to_mnist_format, visible_entries
+from digitkit.metrics import answer, score
+from digitkit.networks import architecture, saved_dataset
+from digitkit.report import build_record, print_summary, timed, write_html_report
+
+PREDICT_CHUNK = 512  # images read and classified at a time, so memory stays bounded
+PREDICTIONS_SHOWN = 48  # at most this many images in predictions.png
+PREDICTION_COLUMNS = ("file", "prediction", "probability", "second", "second_probability",
+                      "third", "third_probability", "unsure")
+
+
+def load_saved_model(path, config):
+    """Load a model this project saved, checking it takes 28x28 images and gives 10 classes;
+    returns it with the dataset it was trained on."""
+    path = Path(path)
+    require_model_file(path, config)
+    try:
+        model = keras.models.load_model(path)
+    except Exception as err:  # Keras raises many types for files that are not its models
+        raise RunError(f"{path}: not a loadable Keras model ({one_line(err)}); "
+                       f"{train_first(config, path)}") from None
+    input_shape, output_shape = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
+        raise RunError(f"{path}: model maps {input_shape} to {output_shape}, not 28x28 images "
+                       f"to 10 classes; {train_first(config, path)}")
+    return model, saved_dataset(path, model)
+
+
+def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, started):
+    """Evaluate a saved model on the test set and write the same reports as training.
+
+    data is the test set (and the training images samples.png shows), loaded and scaled by
+    the script as for training; started is when the run began (time.perf_counter()).
+    """
+    model, trained_on = load_saved_model(model_path, config)
+    if trained_on != config.dataset:
+        raise RunError(f"{model_path}: trained on {trained_on}; pass --dataset {trained_on}")
+    with timed(timing, "evaluate_seconds"):
+        probabilities = model.predict(data["x_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+        scores = score(probabilities, data["y_test"])
+    # The saved model's probabilities as they are (calibrated when training fitted a
+    # temperature): how well they match its accuracy on this test set.
+    calibration = dict(saved_model=True, fitted=False, bins=CALIBRATION_BINS,
+                       before=trust.calibration_figures(probabilities, data["y_test"]))
+    with timed(timing, "robustness_seconds"):
+        robust = trust.robustness(model, data["x_test"], data["y_test"], scores["test_accuracy"])
+    dataset = DATASETS[config.dataset]
+    with timed(timing, "report_seconds"):
+        images = [plots.plot_confusion_matrix(
+            scores["confusion_matrix"], dataset["classes"],
+            f"{dataset['title']} test set: confusion matrix (accuracy "
+            f"{scores['test_accuracy']:.2%})", output_dir / "confusion_matrix.png"),
+            *plots.draw_pictures(output_dir, data, scores, config, None, calibration, robust)]
+    timing["total_seconds"] = round(time.perf_counter() - started, 3)
+    record = build_record(config, dataset_info, scores, timing=timing, model_path=model_path,
+                          architecture=architecture(model), parameters=int(model.count_params()),
+                          calibration=calibration, robustness=robust)
+    written = [*images, write_html_report(output_dir / "report.html", record, images),
+               write_json(output_dir / "metrics.json", record)]
+    print_summary(record, written, config.quiet)
+    return 0
+
+
+def image_sources(paths):
+    """(path, named) for each file named and for each file in each folder named;
+    named is False for a folder's files."""
+    for path in map(Path, paths):
+        entries = visible_entries(path) if path.is_dir() else []
+        if entries:
+            yield from ((entry, False) for entry in entries)
+        else:  # a file, or a folder with nothing in it (reported as an error)
+            yield path, True
+
+
+def prepared_images(sources, problems):
+    """(path, 28x28 image) for each source that is an image; the others are reported on
+    stderr (an error for a file named, "skipped" for a folder's) and listed in problems."""
+    for path, named in sources:
+        try:
+            yield path, to_mnist_format(read_image(path))
+        except ImageError as err:
+            print(f"{'error' if named else 'skipped'}: {path}: {err}", file=sys.stderr)
+            problems.append((path, named))
+
+
+def classify(model, images, chunk=PREDICT_CHUNK):
+    """(path, image, probabilities) for each (path, image), predicted chunk images at a time."""
+    images = iter(images)
+    while batch := list(itertools.islice(images, chunk)):
+        probabilities = model.predict(np.stack([image for _, image in batch]),
+                                      batch_size=EVAL_BATCH_SIZE, verbose=0)
+        for (path, image), p in zip(batch, probabilities):
+            yield path, image, p
+
+
+class ShownImages:
+    """The images predictions.png shows: all of them up to `limit`, else the unsure first."""
+
+    def __init__(self, limit=PREDICTIONS_SHOWN):
+        self.limit, self.total = limit, 0
+        self.sure, self.unsure = [], []  # (order, image, caption); at most limit of each
+
+    def offer(self, image, caption, unsure):
+        """Keep the image if it may be shown."""
+        kept = self.unsure if unsure else self.sure
+        if len(kept) < self.limit:
+            kept.append((self.total, image, caption))
+        self.total += 1
+
+    def chosen(self):
+        """(images, captions, caption colours, a title fragment saying how many are shown)."""
+        if self.total <= self.limit:
+            picked, what = sorted(self.sure + self.unsure, key=lambda item: item[0]), ""
+        else:
+            picked = self.unsure[:self.limit]
+            picked += self.sure[:self.limit - len(picked)]
+            what = (f"{len(picked)} of {self.total:,} images, the unsure first" if self.unsure
+                    else f"the first {len(picked)} of {self.total:,} images")
+        unsure_orders = {order for order, _, _ in self.unsure}
+        return (np.stack([image for _, image, _ in picked]), [c for _, _, c in picked],
+                ["tab:red" if order in unsure_orders else "black" for order, _, _ in picked],
+                what)
+
+
+def run_prediction(config, model_path, image_paths, as_json, min_confidence, output_dir):
+    """Classify image files and folders of them with a saved model: a line each on stdout,
+    every answer in predictions.csv and a readable subset in predictions.png.
+
+    Images are read and classified PREDICT_CHUNK at a time, so thousands take little memory.
+    An answer whose (calibrated) top probability is below min_confidence is marked unsure.
+    """
+    model, trained_on = load_saved_model(model_path, config)
+    class_names = DATASETS[trained_on]["classes"]
+    problems, shown = [], ShownImages()
+    unsure_count = 0
+
+    def write_predictions(tmp):
+        """Classify everything, printing each answer and writing its CSV row."""
+        nonlocal unsure_count
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(PREDICTION_COLUMNS)
+            for path, image, p in classify(model, prepared_images(image_sources(image_paths),
+                                                                  problems)):
+                result = answer(p, class_names, min_confidence)
+                unsure_count += result["unsure"]
+                second, third = result["candidates"]
+                writer.writerow([path, result["prediction"], f"{result['probability']:.6f}",
+                                 second["label"], f"{second['probability']:.6f}",
+                                 third["label"], f"{third['probability']:.6f}",
+                                 int(result["unsure"])])
+                if as_json:
+                    print(json.dumps(dict(file=str(path), **result)))
+                else:
+                    others = ", ".join(f"{c['label']} ({c['probability']:.1%})"
+                                       for c in result["candidates"])
+                    print(f"{path}: {result['prediction']} ({result['probability']:.1%})"
+                          f"{'  UNSURE' if result['unsure'] else ''}  next: {others}")
+                name = path.name if len(path.name) <= 20 else f"{path.name[:9]}…{path.name[-9:]}"
+                shown.offer(image, f"{name}\n{result['prediction']} ({result['probability']:.0%})"
+                            + (" unsure" if result["unsure"] else ""), result["unsure"])
+        if not shown.total:
+            raise RunError("no image to classify" + (
+                f": none of the {len(problems)} files could be read" if problems else ""))
+
+    write_atomically(output_dir / "predictions.csv", write_predictions)
+    images, captions, colours, how_many = shown.chosen()
+    plots.plot_digit_grid(images, captions,
+                    f"{how_many.capitalize() + ' ' if how_many else 'Your images '}as the model "
+                    f"saw them, with its prediction (unsure, in red: below {min_confidence:.0%})",
+                    output_dir / "predictions.png",
+                    columns=min(8 if len(images) > 12 else 6, len(images)),
+                    caption_colours=colours)
+    if not as_json and not config.quiet:
+        skipped = sum(not named for _, named in problems)
+        print(f"classified {shown.total:,} images ({unsure_count:,} unsure)"
+              + (f"; skipped {skipped:,} files that are not images" if skipped else ""))
+        print(f"wrote {output_dir / 'predictions.csv'}\nwrote {output_dir / 'predictions.png'}")
+    return 1 if any(named for _, named in problems) else 0

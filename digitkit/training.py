@@ -1,0 +1,222 @@
+"""Training: Ctrl-C handled gracefully, a checkpoint per epoch, and the callbacks of model.fit.
+
+The script calls model.fit itself; this module gives it what watches the training: the
+monitor (stop requests, a diverging loss, history.csv, the checkpoint that --resume reads),
+early stopping and TensorBoard. Imports Keras at its top: import this module only after
+backend.start.
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from digitkit import augment  # noqa: F401  registers RandomDistortion, so checkpoints load
+from digitkit.config import RunError, format_hidden, one_line, resume_fingerprint
+from digitkit.guard import write_atomically, write_history_csv, write_json
+from digitkit.report import tensorboard_logs
+
+
+class StopSignals:
+    """What SIGINT and SIGTERM do while installed; a second one always exits at once.
+
+    While training (the default), the first asks training to stop after this batch, and the
+    run then evaluates and reports the model as it stands. While writing reports
+    (during="reports"), the first stops the run there: the files already written are kept,
+    the one being written is dropped whole (every file is written atomically), exit 130.
+    """
+
+    def __init__(self, during="training"):
+        self.during = during
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        """Install the handlers for SIGINT and SIGTERM."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        """Restore the previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        """First signal: stop as this phase allows; second: exit now."""
+        if self.received is not None:
+            # Every file is written atomically, so leaving now cannot leave half a file.
+            os._exit(130)
+        self.received = signal.Signals(signum).name
+        if self.during == "training":
+            print(f"\n{self.received} received: stopping after this batch "
+                  f"(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+            return
+        print(f"\n{self.received} received: stopping; the files already written are kept "
+              f"(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+
+
+class Checkpoint:
+    """The last finished epoch of a run (model with optimizer state, plus history), for --resume.
+
+    Keras' BackupAndRestore was weighed against it (Keras 3.15): it writes the weights, then
+    the epoch, each in place (a kill between them leaves a mismatched pair), counts an epoch
+    that a Ctrl-C cut short as finished, keeps no history, deletes its backup whenever fit
+    returns (a stop included) unless told not to, and knows no settings fingerprint. This
+    class writes each file whole, skips a cut-short epoch, refuses to resume with other
+    settings, and still reads the checkpoints earlier versions wrote.
+    """
+
+    def __init__(self, output_dir):
+        self.directory = Path(output_dir) / "checkpoint"
+        self.state_path = self.directory / "state.json"
+
+    def exists(self):
+        """Whether an unfinished run left a checkpoint here."""
+        return self.state_path.is_file()
+
+    def read_state(self):
+        """The checkpoint's state.json as a dict."""
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"{self.state_path}: unreadable checkpoint ({err})") from None
+
+    def save(self, model, epochs_done, history, config):
+        """Write the model first, then the state that points at it, each atomically."""
+        self.directory.mkdir(exist_ok=True)
+        model_name = f"epoch-{epochs_done:04d}.keras"
+        write_atomically(self.directory / model_name, lambda tmp: model.save(tmp))
+        write_json(self.state_path, dict(epochs_done=epochs_done, model=model_name,
+                                         history=history, config=resume_fingerprint(config)))
+        for old in self.directory.glob("epoch-*.keras"):
+            if old.name != model_name:
+                old.unlink(missing_ok=True)
+
+    def load(self, config):
+        """Return (model, epochs_done, history) after checking the run settings match."""
+        state = self.read_state()
+        saved, wanted = state.get("config", {}), resume_fingerprint(config)
+        changed = ["--" + key.replace("_", "-") for key in wanted if saved.get(key) != wanted[key]]
+        if changed:
+            raise RunError(f"{self.directory}: checkpoint was made with different settings "
+                           f"({', '.join(changed)}); "
+                           f"rerun with the original flags, or delete it to start over")
+        path = self.directory / state["model"]
+        try:
+            model = keras.models.load_model(path)
+        except Exception as err:  # Keras raises many types for files that are not its models
+            raise RunError(f"{path}: cannot load checkpoint ({one_line(err)}); "
+                           f"delete {self.directory} to start over") from None
+        return model, state["epochs_done"], state["history"]
+
+    def remove(self):
+        """Delete the checkpoint once the run no longer needs it."""
+        for item in self.directory.glob("*"):
+            item.unlink(missing_ok=True)
+        if self.directory.is_dir():
+            self.directory.rmdir()
+
+
+class TrainingMonitor(keras.callbacks.Callback):
+    """Watches training: stop requests, non-finite loss, per-epoch history and checkpoints.
+
+    Keras' TerminateOnNaN stops on a NaN loss too, but then ends the epoch as if it had
+    finished, so the checkpoint would keep the diverged weights and the history the NaN row;
+    this monitor skips that epoch and says where the loss diverged. history.csv is rewritten
+    whole each epoch (CSVLogger appends), so an interrupted run never leaves half a row.
+    """
+
+    def __init__(self, config, signals, output_dir=None, history=()):
+        super().__init__()
+        self.config, self.signals = config, signals
+        self.checkpoint = Checkpoint(output_dir) if output_dir else None
+        self.history_csv = Path(output_dir) / "history.csv" if output_dir else None
+        self.history = list(history)
+        self.epoch = len(self.history)
+        self.stopped_mid_epoch = False
+        self.nonfinite = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Remember which epoch is running."""
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Stop on a non-finite loss or a stop request."""
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nonfinite = (self.epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
+        elif self.signals.received:
+            self.stopped_mid_epoch = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Record a finished epoch in the history, history.csv and the checkpoint."""
+        # Keras ends an interrupted epoch like a finished one; it is not one, so skip it.
+        if self.stopped_mid_epoch or self.nonfinite:
+            return
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        # Keras evaluates a schedule at the current step when asked for the rate.
+        row["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        self.history.append(row)
+        if self.history_csv:
+            write_history_csv(self.history_csv, self.history)
+        if self.checkpoint:
+            self.checkpoint.save(self.model, epoch + 1, self.history, self.config)
+        if self.signals.received:  # arrived during validation: the epoch itself finished
+            self.model.stop_training = True
+
+    def outcome(self, callbacks, seconds, initial_epoch, train_count):
+        """The training record: history, kept epoch, seconds, speed, whether interrupted.
+
+        A diverged loss is a RunError, and its checkpoint is removed: resuming would diverge
+        again, and no result is pretended.
+        """
+        if self.nonfinite:
+            epoch, batch, loss = self.nonfinite
+            if self.checkpoint:
+                self.checkpoint.remove()
+            raise RunError(f"training diverged: loss became {loss} at epoch {epoch}, batch "
+                           f"{batch}; try a lower --learning-rate (now "
+                           f"{self.config.learning_rate:g})")
+        epochs_run = len(self.history) - initial_epoch
+        kept_epoch = len(self.history)
+        for callback in callbacks:
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_weights:
+                # An interrupted epoch is not in the history, even if it scored best.
+                kept_epoch = min(callback.best_epoch + 1, kept_epoch)
+        return dict(
+            history=self.history, seconds=seconds, kept_epoch=kept_epoch,
+            epochs_completed=len(self.history), interrupted=self.signals.received is not None,
+            samples_per_second=(epochs_run * train_count / seconds) if epochs_run else None)
+
+
+def standard_callbacks(config, validated):
+    """Keras' own callbacks the flags ask for: early stopping (--patience, with a validation
+    split), TensorBoard (--tensorboard)."""
+    found = []
+    if config.patience is not None and validated:
+        found.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                   restore_best_weights=True, verbose=0))
+    if config.tensorboard:
+        found.append(keras.callbacks.TensorBoard(tensorboard_dir(config)))
+    return found
+
+
+def tensorboard_dir(config):
+    """Where --tensorboard logs one training run: a folder per architecture and seed."""
+    return tensorboard_logs(config.output_dir) / f"{format_hidden(config.hidden)}_seed{config.seed}"
+
+
+def verbosity(config):
+    """Keras' progress bar on a terminal, one line per epoch otherwise, nothing when quiet."""
+    if config.quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2

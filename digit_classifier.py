@@ -173,9 +173,14 @@ def evaluate(model, data):
     return metrics.score(probabilities.astype(np.float32), data["y_test"]), calibration, test_logits
 
 
-def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, callbacks=()):
-    """Build (or resume), compile, fit, evaluate: the pipeline training, --repeats, --compare
-    and the benchmarks all run.
+def new_model(config, train_count):
+    """A model built and compiled for config, ready to train from its first epoch."""
+    return compile_model(build_model(config), config, math.ceil(train_count / config.batch_size))
+
+
+def train_and_evaluate(config, data, signals, output_dir=None, start=None, callbacks=()):
+    """Build, compile, fit, evaluate: the pipeline training, --repeats, --compare and the
+    benchmarks all run. start is (model, epochs done, history) to go on from, if not None.
 
     Returns plain values: the inference model (what model.keras holds: no distortion, a
     committee averaged, its probabilities calibrated), the training record, the test scores,
@@ -183,9 +188,7 @@ def train_and_evaluate(config, data, signals, output_dir=None, resumed=None, cal
     """
     from digitkit import networks, trust
 
-    steps_per_epoch = math.ceil(len(data["x_train"]) / config.batch_size)
-    model, initial_epoch, history = resumed or (
-        compile_model(build_model(config), config, steps_per_epoch), 0, [])
+    model, initial_epoch, history = start or (new_model(config, len(data["x_train"])), 0, [])
     say(config, networks.describe_model(model))
     training = fit(model, data, config, signals, output_dir, initial_epoch, history, callbacks)
     with timed(training, "evaluate_seconds"):
@@ -230,19 +233,20 @@ def run_training(config):
     from digitkit import compare, training
 
     checkpoint = training.Checkpoint(output_dir)
-    resumed = None
+    start = None
     if config.resume and checkpoint.exists():
-        resumed = checkpoint.load(config)
-        say(config, f"resuming from {checkpoint.directory}: {resumed[1]} of "
+        start = checkpoint.load(config)
+        say(config, f"resuming from {checkpoint.directory}: {start[1]} of "
                     f"{config.epochs} epochs done")
     elif config.resume:
         say(config, f"no checkpoint in {checkpoint.directory}; starting from scratch")
-    if resumed is None:
+    if start is None:  # built before Ctrl-C is taken over: one during the build stops at once
         say(config, f"building the model: {weights:,} weights, about {needed / 2 ** 30:.1f} GiB "
                     f"of memory to train")
+        start = (new_model(config, len(data["x_train"])), 0, [])
 
     with training.StopSignals() as signals:  # a first Ctrl-C stops after the batch
-        result = train_and_evaluate(config, data, signals, output_dir, resumed)
+        result = train_and_evaluate(config, data, signals, output_dir, start)
     trained = result["training"]
     timing.update(train_seconds=round(trained["seconds"], 3),
                   samples_per_second=(round(trained["samples_per_second"], 1)

@@ -73,8 +73,7 @@ def worker(variant, data_dir, epochs):
     if variant == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     data = dc.split_and_scale(arrays, 0.0, config.seed)
-    model = dc.compile_model(dc.build_model(config), config,
-                             math.ceil(len(data["x_train"]) / config.batch_size))
+    model = dc.new_model(config, len(data["x_train"]))
     if variant == "xla":
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
                       steps_per_execution=config.steps_per_execution, jit_compile=True)

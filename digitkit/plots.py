@@ -91,19 +91,52 @@ def plot_training_curves(history, kept_epoch, dataset_title, path, config):
     return save_figure(fig, path)
 
 
-def plot_digit_grid(images, captions, title, path, columns=8, caption_colours=None):
-    """A grid of 28x28 images, each with a caption; white digits on black as the model sees them."""
+TILE = 28  # pixels of one image in a mosaic
+GAP = 6  # pixels of paper between two tiles
+INCHES_PER_PIXEL = 1.5 / (TILE + GAP)  # a tile and its gap 1.5 inches wide, as one axis was
+
+
+def mosaic(images, columns, above=0, left=0):
+    """The images tiled row by row onto white paper: (canvas, the (x, y) each tile's centre
+    has on it). `above` pixels over each tile hold its caption, `left` pixels before each row
+    its label."""
     rows = max(1, math.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.5, rows * 1.75 + 0.6),
-                             squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(images):
-            ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
-            colour = caption_colours[i] if caption_colours else "black"
-            ax.set_title(captions[i], fontsize=8.5, color=colour)
-    fig.suptitle(title)
-    fig.tight_layout()
+    cell_w, cell_h = TILE + GAP, TILE + GAP + above
+    canvas = np.ones((rows * cell_h, left + columns * cell_w), np.float32)
+    centres = []
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        top, start = row * cell_h + above + GAP // 2, left + column * cell_w + GAP // 2
+        canvas[top:top + TILE, start:start + TILE] = image
+        centres.append((start + TILE / 2, top + TILE / 2))
+    return canvas, centres
+
+
+def mosaic_figure(canvas, title):
+    """A figure showing the canvas pixel for pixel (no axis per image), a title above it."""
+    height, width = canvas.shape
+    title_inches = 0.6
+    fig = plt.figure(figsize=(width * INCHES_PER_PIXEL,
+                              height * INCHES_PER_PIXEL + title_inches))
+    image_share = height * INCHES_PER_PIXEL / fig.get_figheight()
+    ax = fig.add_axes((0, 0, 1, image_share))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.axis("off")
+    fig.suptitle(title, y=1 - 0.25 * title_inches / fig.get_figheight(), va="top")
+    return fig, ax
+
+
+def plot_digit_grid(images, captions, title, path, columns=8, caption_colours=None):
+    """A grid of 28x28 images, each with a caption over it; white digits on black as the model
+    sees them. One picture (a mosaic), not an axis per image: drawing 40 axes took seconds."""
+    lines = max((caption.count("\n") + 1 for caption in captions), default=1)
+    canvas, centres = mosaic(images, columns, above=10 * lines + 2)
+    fig, ax = mosaic_figure(canvas, title)
+    for i, (x, y) in enumerate(centres):
+        ax.text(x, y - TILE / 2 - 2, captions[i], ha="center", va="bottom", fontsize=8.5,
+                color=caption_colours[i] if caption_colours else "black")
     return save_figure(fig, path)
 
 
@@ -129,20 +162,19 @@ def plot_misclassified(x_test, y_test, scores, class_names, dataset_title, path,
 def plot_samples(x_train, y_train, class_names, dataset_title, path, per_class=10, seed=0):
     """A few training images of each class, one row per class labelled on the left."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(NUM_CLASSES, per_class, figsize=(per_class * 0.9 + 1.2, 10.2),
-                             squeeze=False)
-    for label, row in enumerate(axes):
+    images = []
+    for label in range(NUM_CLASSES):
         candidates = np.flatnonzero(y_train == label)
         picks = rng.choice(candidates, size=min(per_class, len(candidates)), replace=False)
-        for ax, index in zip(row, list(picks) + [None] * (per_class - len(picks))):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.spines[:].set_visible(False)
-            if index is not None:
-                ax.imshow(x_train[index], cmap="gray", vmin=0, vmax=1)
-        row[0].set_ylabel(class_names[label], rotation=0, ha="right", va="center", fontsize=10)
-    fig.suptitle(f"{dataset_title} training set: {per_class} random samples per class")
-    fig.tight_layout()
+        images += [x_train[i] for i in picks]
+        images += [np.ones((TILE, TILE), np.float32)] * (per_class - len(picks))  # paper
+    label_pixels = 12 + 6 * max(len(name) for name in class_names)
+    canvas, centres = mosaic(images, per_class, left=label_pixels)
+    fig, ax = mosaic_figure(canvas, f"{dataset_title} training set: {per_class} random "
+                                    f"samples per class")
+    for label, name in enumerate(class_names):
+        ax.text(label_pixels - 4, centres[label * per_class][1], name, ha="right",
+                va="center", fontsize=10)
     return save_figure(fig, path)
 
 

@@ -1,5 +1,7 @@
 """The benchmarks run end to end (on synthetic data; no assertion on any time)."""
 
+import json
+import statistics
 import subprocess
 import sys
 
@@ -48,14 +50,22 @@ def test_recipes_benchmark_tables_each_recipe_against_the_first(synthetic_dir, t
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "small seed 2: test accuracy" in result.stdout
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| small |")
-            or line.startswith("| wider |")]
-    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
-    assert "`--epochs 1 --hidden 32 --batch-size 64`" in rows[1]
-    # Every run left its own complete output, so any of them can be inspected later.
-    for name in ("small", "wider"):
-        for seed in (1, 2):
-            assert (tmp_path / f"{name}-seed{seed}" / "metrics.json").is_file()
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in result.stdout.splitlines()
+            if line.startswith("| small |") or line.startswith("| wider |")}
+    assert set(rows) == {"small", "wider"}
+    assert rows["wider"][0] == "`--epochs 1 --hidden 32 --batch-size 64`"
+    # Every run left its own complete record; the table is computed from them.
+    records = {name: [json.loads((tmp_path / f"{name}-seed{seed}" / "metrics.json").read_text())
+                      for seed in (1, 2)] for name in rows}
+    seconds = {name: statistics.median(r["timing"]["train_seconds"] for r in runs)
+               for name, runs in records.items()}
+    for name, runs in records.items():
+        accuracies = [100 * r["test_accuracy"] for r in runs]
+        assert rows[name][1].startswith(f"{statistics.mean(accuracies):.2f}% ± "
+                                        f"{statistics.stdev(accuracies):.2f}%")
+        assert rows[name][2] == f"{seconds[name]:.1f}"
+        assert rows[name][3] == f"{seconds[name] / seconds['small']:.2f}x"
 
 
 def test_recipes_benchmark_reports_a_failing_run(synthetic_dir, tmp_path):
@@ -73,11 +83,14 @@ def test_levers_benchmark_tables_every_variant_against_the_default(synthetic_dir
                              "--variants", *VARIANTS], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line for line in result.stdout.splitlines()
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
             if line.split() and line.split()[0] in VARIANTS}
     assert set(rows) == set(VARIANTS)
-    assert " 1.00x " in rows["default"]
     assert "medians over 1 runs each (2 epochs, batch 512)" in result.stdout
+    speed = {variant: float(row[2].replace(",", "")) for variant, row in rows.items()}
+    for variant, row in rows.items():  # each variant's speed over the default's
+        assert float(row[3].rstrip("x")) == pytest.approx(speed[variant] / speed["default"],
+                                                          abs=0.006)
 
 
 def test_samplers_benchmark_compares_the_elastic_sampler_with_keras_own():

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digitkit import cli
-from digitkit.config import Config, PRESETS
-from conftest import ROOT, run_cli
+from digitkit.config import Config
+from conftest import ROOT, run_main
 
 BAD_FLAGS = [
     (["--epochs", "0"], "--epochs"),
@@ -54,7 +54,7 @@ print(code, ",".join(heavy) or "none")
 
 @pytest.mark.parametrize("argv, flag", BAD_FLAGS)
 def test_bad_flag_is_one_line_exit_2(argv, flag):
-    result = run_cli(*argv)
+    result = run_main(*argv)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -73,7 +73,7 @@ def test_help_and_usage_errors_import_no_heavy_library(argv):
 
 
 def test_help_lists_flags_with_defaults():
-    result = run_cli("--help")
+    result = run_main("--help")
     assert result.returncode == 0
     for text in ("--epochs", "--hidden", "--batch-size", "--learning-rate", "--data-dir",
                  "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 30)",
@@ -93,13 +93,16 @@ def test_hidden_without_widths_is_softmax_regression():
 
 
 def test_preset_values_apply_and_flags_override_them():
+    # README: "the seeds' recipe: 3 x Dense(100), no dropout, no distortion, Adam 1e-3
+    # constant, batch 32, 5 epochs".
     _, config, _ = cli.parse_command_line(["--preset", "seed"])
-    for key, value in PRESETS["seed"].items():
-        assert getattr(config, key) == value
+    assert (config.hidden, config.dropout, config.augment, config.learning_rate,
+            config.lr_schedule, config.batch_size, config.epochs) == (
+        (100, 100, 100), 0.0, None, 1e-3, "constant", 32, 5)
     _, config, _ = cli.parse_command_line(["--preset", "seed", "--epochs", "7",
                                           "--hidden", "64"])
     assert config.epochs == 7 and config.hidden == (64,)
-    assert config.batch_size == PRESETS["seed"]["batch_size"]
+    assert config.batch_size == 32
 
 
 def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
@@ -110,7 +113,7 @@ def test_preset_best_is_an_elastic_committee_that_flags_can_shrink():
                                           "--epochs", "3", "--augment", "--no-deskew"])
     assert (config.committee, config.epochs, config.augment) == (2, 3, "affine")
     assert not config.deskew and not cli.parse_command_line([])[1].deskew
-    assert config.hidden == PRESETS["best"]["hidden"]
+    assert config.hidden == (800, 800)  # README: a committee of five 800-800 networks
 
 
 def test_augment_kinds_and_committee_size_are_checked():

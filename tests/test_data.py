@@ -8,7 +8,7 @@ import pytest
 
 import digit_classifier as dc
 from digitkit import data
-from conftest import run_cli, synthetic_digits, write_dataset, write_idx
+from conftest import run_cli, run_main, synthetic_digits, write_dataset, write_idx
 
 
 def corrupt(directory, name, how):
@@ -60,7 +60,7 @@ def test_bad_data_file_is_named_in_one_line_exit_1(tmp_path, name, how, message)
     data = write_dataset(tmp_path / "data")
     corrupt(data, name, how)
     out = tmp_path / "out"
-    result = run_cli("--data-dir", data, "--output-dir", out)
+    result = run_main("--data-dir", data, "--output-dir", out)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -74,20 +74,20 @@ def test_bad_data_file_is_named_in_one_line_exit_1(tmp_path, name, how, message)
 def test_npz_missing_an_array_is_named(tmp_path):
     x, y = synthetic_digits(100, seed=1)
     np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x)
-    result = run_cli("--data-dir", tmp_path, "--output-dir", tmp_path / "out")
+    result = run_main("--data-dir", tmp_path, "--output-dir", tmp_path / "out")
     assert result.returncode == 1
     assert "mnist.npz" in result.stderr and "y_test" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_data_dir_that_does_not_exist(tmp_path):
-    result = run_cli("--data-dir", tmp_path / "nowhere", "--output-dir", tmp_path / "out")
+    result = run_main("--data-dir", tmp_path / "nowhere", "--output-dir", tmp_path / "out")
     assert result.returncode == 1
     assert "no such directory" in result.stderr
 
 
 def test_empty_data_dir_names_the_expected_files(tmp_path):
-    result = run_cli("--data-dir", tmp_path, "--output-dir", tmp_path / "out")
+    result = run_main("--data-dir", tmp_path, "--output-dir", tmp_path / "out")
     assert result.returncode == 1
     assert "train-images-idx3-ubyte" in result.stderr and "npz" in result.stderr
 
@@ -119,7 +119,7 @@ def test_split_is_seeded_disjoint_and_scaled():
     np.testing.assert_array_equal(first["x_val"], again["x_val"])
     assert not np.array_equal(first["x_val"], other["x_val"])
     assert first["x_train"].dtype == np.float32
-    assert 0.0 <= first["x_train"].min() and first["x_train"].max() <= 1.0
+    assert first["x_train"].max() == 1.0  # 255 scaled to exactly 1
     np.testing.assert_allclose(first["x_test"], x[:10] / 255, rtol=1e-6)
 
 

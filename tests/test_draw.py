@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from digitkit import data, images
-from conftest import ROOT, SCRIPT, cli_environment, run_cli
+from conftest import ROOT, SCRIPT, cli_environment, run_main
 
 
 @contextlib.contextmanager
@@ -222,7 +222,7 @@ def test_a_taken_port_is_a_one_line_error_naming_port(synthetic_model):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("--draw", "--model", synthetic_model, "--port", port)
+        result = run_main("--draw", "--model", synthetic_model, "--port", port)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"error: port {port} on 127.0.0.1 is already in use; choose another with --port"]
@@ -232,9 +232,9 @@ def test_draw_usage_errors(tmp_path):
     for flags, message in ((["--draw", "--port", "70000"], "a port number from 0 to 65535"),
                            (["--port", "8000"], "--port: only with --draw"),
                            (["--draw", "--epochs", "3"], "has no effect with --draw")):
-        result = run_cli(*flags)
+        result = run_main(*flags)
         assert result.returncode == 2 and message in result.stderr, result.stderr
-    result = run_cli("--draw", "--model", tmp_path / "none.keras")
+    result = run_main("--draw", "--model", tmp_path / "none.keras")
     assert result.returncode == 1 and "train one first" in result.stderr
 
 

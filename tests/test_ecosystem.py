@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FAST, ROOT, SCRIPT, run_cli
+from conftest import FAST, ROOT, SCRIPT, run_cli, run_main
 
 
 def read_events(directory):
@@ -47,9 +47,21 @@ def test_tensorboard_logs_open_in_tensorboards_reader(synthetic_dir, tmp_path, b
     assert b"hidden_1" in train["keras"][0][1].item()
 
 
+def test_tensorboard_keeps_one_folder_per_seed_and_architecture(synthetic_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--epochs", "1",
+                      "--hidden", "8", "--batch-size", "64", "--augment", "none",
+                      "--tensorboard", "--repeats", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    runs = sorted(path.name for path in (tmp_path / "tensorboard").iterdir())
+    assert runs == ["8_seed42", "8_seed43"]  # --repeats: each seed's curves apart
+    for run in runs:
+        assert (tmp_path / "tensorboard" / run / "train").is_dir()
+
+
 def test_tensorboard_is_refused_where_nothing_trains():
     for mode in (["--predict", "x.png"], ["--evaluate"]):
-        result = run_cli(*mode, "--tensorboard")
+        result = run_main(*mode, "--tensorboard")
         assert result.returncode == 2
         assert "--tensorboard: only when training or comparing" in result.stderr
 

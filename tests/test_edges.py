@@ -5,14 +5,14 @@ import pytest
 
 from digitkit import plots
 from digitkit.config import DIGITS
-from conftest import FAST, run_cli
+from conftest import FAST, run_cli, run_main
 
 
 @pytest.mark.parametrize("split, kept", [("0.99999", 0), ("0.99", 6)])
 def test_a_split_that_leaves_less_than_one_batch_is_a_one_line_error(synthetic_dir, tmp_path,
                                                                     split, kept):
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
-                     "--validation-split", split)
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
+                      "--validation-split", split)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: --validation-split {split} leaves {kept} of 600 training images, fewer than "
@@ -22,8 +22,8 @@ def test_a_split_that_leaves_less_than_one_batch_is_a_one_line_error(synthetic_d
 
 def test_a_split_that_leaves_exactly_one_batch_trains(synthetic_dir, tmp_path):
     # 600 images, 536 held out: 64 left, one batch of 64.
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
-                     "--validation-split", str(536 / 600), "--quiet")
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
+                      "--validation-split", str(536 / 600), "--quiet")
     assert result.returncode == 0, result.stderr
 
 

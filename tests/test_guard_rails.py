@@ -14,7 +14,7 @@ import pytest
 
 from digitkit import data, guard
 from digitkit.config import Config, RunError
-from conftest import FAST, ROOT, SCRIPT, run_cli
+from conftest import FAST, ROOT, SCRIPT, run_cli, run_main
 
 
 def snapshot(directory):
@@ -40,19 +40,27 @@ def test_a_directory_locked_by_another_process_is_refused_and_left_untouched(
         for argv in (["--data-dir", synthetic_dir, *FAST],
                      ["--compare", "8", "--data-dir", synthetic_dir, *FAST[:2]],
                      ["--evaluate", "--data-dir", synthetic_dir]):
-            result = run_cli(*argv, "--output-dir", out)
+            result = run_main(*argv, "--output-dir", out)
             assert result.returncode == 1, result.stderr
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and f"process {holder.pid} (training started" in lines[0]
             assert "--output-dir" in lines[0]
             assert snapshot(out) == before
+        # --predict takes no lock: it only adds its own two files.
+        image = tmp_path / "digit.png"
+        from PIL import Image
+
+        Image.fromarray(np.uint8(np.pad(np.full((16, 4), 255), 6))).save(image)
+        result = run_main("--predict", image, "--output-dir", out, "--quiet")
+        assert result.returncode == 0, result.stderr
+        assert set(snapshot(out)) - set(before) == {"predictions.csv", "predictions.png"}
     finally:
         holder.kill()
         holder.wait()
-    # The lock went with the process that held it: nothing stale is left to refuse a new run.
-    result = run_cli("--evaluate", "--data-dir", synthetic_dir, "--output-dir", out, "--quiet",
-                     "--model", out / "model.keras")
-    assert result.returncode == 0, result.stderr
+    # The lock went with the process that held it: a run now gets past the lock and stops at
+    # the next check, a batch larger than the data, before any training.
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--batch-size", "100000")
+    assert result.returncode == 2 and "is larger than the 540 training images" in result.stderr
 
 
 def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
@@ -65,15 +73,15 @@ def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
         for line in first.stdout:  # the first run is training once an epoch line appears
             if line.startswith("Epoch"):
                 break
-        second = run_cli("--data-dir", synthetic_dir, "--output-dir", out, *FAST, "--seed", "7")
+        second = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST, "--seed", "7")
         assert second.returncode == 1
         assert f"is in use by process {first.pid}" in second.stderr
         first.send_signal(signal.SIGKILL)  # killed: the OS drops its lock
         first.wait(timeout=60)
     finally:
         first.kill()
-    resumed = run_cli("--data-dir", synthetic_dir, "--output-dir", out, *FAST[2:],
-                      "--epochs", "150", "--resume", "--quiet")
+    resumed = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST[2:],
+                       "--epochs", "150", "--resume", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["seed"] == Config.seed and metrics["epochs_completed"] == 150
@@ -126,7 +134,12 @@ def test_ctrl_c_while_a_large_model_is_built_stops_at_once(tmp_path, synthetic_d
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1].startswith("interrupted")
+    # At once: not the graceful stop after a batch, which would go on to evaluate and report
+    # ("interrupted: reports describe the model after 0 epochs ...").
+    assert stderr.strip().splitlines()[-1] == "interrupted", stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out" / "model.keras").exists()
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("batch, message", [
@@ -137,8 +150,8 @@ def test_ctrl_c_while_a_large_model_is_built_stops_at_once(tmp_path, synthetic_d
 def test_a_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, synthetic_dir, batch,
                                                               message):
     (tmp_path / "earlier.txt").write_text("an earlier result")
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--epochs", "1",
-                     "--batch-size", batch)
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--epochs", "1",
+                      "--batch-size", batch)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {message}"]
     assert snapshot(tmp_path) == {"earlier.txt": hashlib.sha256(b"an earlier result").hexdigest()}
@@ -149,8 +162,8 @@ def test_a_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, synthet
 def test_official_mnist_is_recognised_and_fashion_mnist_refused_for_it(mnist_dir, tmp_path):
     arrays, _ = data.read_data_dir(mnist_dir, "mnist")
     assert data.recognise_dataset(arrays) == "mnist"
-    result = run_cli("--dataset", "fashion-mnist", "--data-dir", mnist_dir, "--output-dir",
-                     tmp_path / "out", "--epochs", "1")
+    result = run_main("--dataset", "fashion-mnist", "--data-dir", mnist_dir, "--output-dir",
+                      tmp_path / "out", "--epochs", "1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: --dataset fashion-mnist: {mnist_dir} holds the official MNIST data; "
@@ -244,12 +257,12 @@ def test_failed_download_names_the_cause_and_leaves_no_empty_directory(tmp_path)
 def test_suggested_commands_repeat_the_users_output_and_data_dirs(tmp_path, synthetic_dir):
     image = tmp_path / "x.png"
     image.write_bytes(b"")
-    result = run_cli("--predict", image, "--output-dir", tmp_path / "my runs")
+    result = run_main("--predict", image, "--output-dir", tmp_path / "my runs")
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
         f"train one first: python digit_classifier.py --output-dir '{tmp_path / 'my runs'}'")
-    result = run_cli("--evaluate", "--data-dir", synthetic_dir, "--dataset", "fashion-mnist",
-                     "--model", tmp_path / "elsewhere" / "model.keras")
+    result = run_main("--evaluate", "--data-dir", synthetic_dir, "--dataset", "fashion-mnist",
+                      "--model", tmp_path / "elsewhere" / "model.keras")
     assert result.returncode == 1
     assert result.stderr.strip().endswith(
         f"train one first: python digit_classifier.py --dataset fashion-mnist --data-dir "

@@ -16,7 +16,7 @@ import pytest
 import digit_classifier as dc
 from digitkit import guard
 from digitkit.config import Config
-from conftest import SCRIPT, run_cli
+from conftest import SCRIPT, run_cli, run_main
 
 LONG = ["--epochs", "60", "--hidden", "32", "--batch-size", "64"]
 
@@ -59,6 +59,9 @@ def test_sigint_stops_gracefully_and_writes_reports(tmp_path, synthetic_dir):
     assert len(rows) == metrics["epochs_completed"]
     for name in ("model.keras", "report.html", "confusion_matrix.png", "training_curves.png"):
         assert (out / name).is_file()
+    page = (out / "report.html").read_text()
+    assert "dense classifier (interrupted)</h1>" in page
+    assert f"interrupted after {metrics['epochs_completed']} finished epochs" in page
     assert (out / "checkpoint" / "state.json").is_file()  # kept, so --resume can finish
     assert f"during epoch {metrics['epochs_completed'] + 1}" in stdout
 
@@ -88,13 +91,13 @@ def test_sigkill_then_resume_finishes_the_same_number_of_epochs(tmp_path, synthe
         if partial.suffix == ".json":
             json.loads(partial.read_text())
 
-    refused = run_cli(*args, "--quiet")
+    refused = run_main(*args, "--quiet")
     assert refused.returncode == 1 and "--resume" in refused.stderr
 
-    changed = run_cli(*args[:-1], "128", "--resume", "--quiet")
+    changed = run_main(*args[:-1], "128", "--resume", "--quiet")
     assert changed.returncode == 1 and "--batch-size" in changed.stderr
 
-    resumed = run_cli(*args, "--resume")  # not quiet: says where it resumes
+    resumed = run_main(*args, "--resume")  # not quiet: says where it resumes
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -106,15 +109,15 @@ def test_sigkill_then_resume_finishes_the_same_number_of_epochs(tmp_path, synthe
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path, synthetic_dir):
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--resume",
-                     "--epochs", "1", "--hidden", "8")
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--resume",
+                      "--epochs", "1", "--hidden", "8")
     assert result.returncode == 0, result.stderr
     assert "starting from scratch" in result.stdout
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_no_result(tmp_path, synthetic_dir):
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--quiet",
-                     "--learning-rate", "1e8", "--epochs", "3")
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--quiet",
+                      "--learning-rate", "1e8", "--epochs", "3")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, write_dataset
+from conftest import ROOT, run_cli, run_main, write_dataset
 
 FIXTURES = ROOT / "tests" / "fixtures" / "saved-by-d184608"
 FASHION_CLASSES = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -33,8 +33,8 @@ def workdir(tmp_path_factory):
 def test_evaluate_reproduces_the_accuracy_the_old_version_recorded(workdir, run, flags):
     recorded = json.loads((workdir / "saved" / run / "metrics.json").read_text())
     out = workdir / f"evaluated-{run}"
-    result = run_cli("--evaluate", "--model", workdir / "saved" / run / "model.keras",
-                     "--data-dir", workdir / "data", "--output-dir", out, "--quiet", *flags)
+    result = run_main("--evaluate", "--model", workdir / "saved" / run / "model.keras",
+                      "--data-dir", workdir / "data", "--output-dir", out, "--quiet", *flags)
     assert result.returncode == 0, result.stderr
     evaluated = json.loads((out / "metrics.json").read_text())
     # The same weights on the same 200 test images: the very same answers.
@@ -50,8 +50,8 @@ def test_predict_labels_an_old_fashion_model_with_clothing(workdir, tmp_path):
     images, _ = synthetic_digits(3, seed=5)
     for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / f"image{i}.png")
-    result = run_cli("--predict", tmp_path, "--json", "--output-dir", tmp_path / "out",
-                     "--model", workdir / "saved" / "unfinished" / "model.keras")
+    result = run_main("--predict", tmp_path, "--json", "--output-dir", tmp_path / "out",
+                      "--model", workdir / "saved" / "unfinished" / "model.keras")
     assert result.returncode == 0, result.stderr
     answers = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(answers) == 3

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 import digit_classifier as dc
-from digitkit import augment, backend, metrics, networks, report, training
+from digitkit import augment, backend, metrics, networks, plots, report, training
 from digitkit.config import Config, DATASETS, DIGITS, RunError
-from conftest import FAST, run_cli
+from conftest import FAST, run_cli, run_main
 
 PNGS = ["confusion_matrix.png", "confusion_matrix_normalized.png", "training_curves.png",
         "misclassified.png", "samples.png", "calibration.png", "robustness.png", "corruptions.png"]
@@ -29,6 +29,7 @@ def test_training_run_writes_every_output(trained_synthetic):
     assert not (out / "checkpoint").exists()  # removed once training finished
     assert not list(out.glob(".*partial*"))
     assert "test accuracy" in result.stdout
+    assert result.stderr == ""  # a default run: no framework noise, no warning
     for name in ("metrics.json", "model.keras", "confusion_matrix.png"):
         assert str((out / name).resolve()) in result.stdout
 
@@ -50,9 +51,14 @@ def test_metrics_json_has_the_documented_keys(trained_synthetic):
     assert len(metrics["history"]["loss"]) == 2 and len(metrics["history"]["val_accuracy"]) == 2
     assert metrics["dataset"] == dict(metrics["dataset"], train_size=540, validation_size=60,
                                       test_size=200, name="mnist")
-    for key in ("train_seconds", "samples_per_second", "total_seconds", "load_seconds",
-                "import_seconds", "evaluate_seconds", "report_seconds", "save_seconds"):
-        assert metrics["timing"][key] > 0, key
+    timing = metrics["timing"]
+    stages = ("load_seconds", "import_seconds", "train_seconds", "evaluate_seconds",
+              "save_seconds", "robustness_seconds", "report_seconds")
+    assert all(timing[stage] >= 0 for stage in stages)
+    # The stages happen one after another within the run: together no longer than it.
+    assert sum(timing[stage] for stage in stages) <= timing["total_seconds"] + 0.01
+    assert timing["samples_per_second"] == pytest.approx(
+        2 * 540 / timing["train_seconds"], rel=0.01)  # 2 epochs of 540 training images
     assert {"python", "keras", "numpy", "tensorflow"} <= set(metrics["versions"])
     assert metrics["config"]["epochs"] == 2 and metrics["config"]["hidden"] == [32]
     assert metrics["test_accuracy"] > 0.5  # it learned: chance is 0.1
@@ -91,11 +97,47 @@ def test_report_html_embeds_every_png_and_the_accuracy(trained_synthetic):
         assert f"<td>{row['support']}</td>" in page
 
 
-def test_misclassified_grid_shows_the_available_errors(trained_synthetic):
+def test_misclassified_shows_the_most_confident_mistakes_first(monkeypatch, tmp_path):
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_digit_grid", lambda images, captions, title, path, **_:
+                        drawn.update(images=images, captions=captions, title=title))
+    rng = np.random.default_rng(0)
+    labels = np.arange(100) % 10
+    predicted = labels.copy()
+    wrong = rng.choice(100, 50, replace=False)
+    predicted[wrong] = (labels[wrong] + 1) % 10
+    confidence = rng.random(100)
+    images = np.arange(100, dtype=np.float32)[:, None, None] * np.ones((1, 28, 28), np.float32)
+    shown = plots.plot_misclassified(images, labels, dict(predicted=predicted,
+                                                          confidence=confidence),
+                                     DIGITS, "MNIST", tmp_path / "m.png")
+    expected = sorted(wrong, key=lambda i: -confidence[i])[:40]
+    assert [int(image[0, 0]) for image in drawn["images"]] == expected and shown == 40
+    assert drawn["title"] == "MNIST test set: the 40 most confident of 50 misclassified images"
+    first = expected[0]
+    assert drawn["captions"][0] == (f"true {labels[first]}\npred {predicted[first]} "
+                                    f"{confidence[first]:.1%}")
+
+
+def test_the_cosine_schedule_ends_near_zero(trained_synthetic):
     out, _ = trained_synthetic
+    rates = [float(row["learning_rate"]) for row in csv.DictReader((out / "history.csv").open())]
+    peak = Config().learning_rate
+    assert rates[0] == pytest.approx(peak / 2, rel=0.05)  # halfway through 2 epochs: cos 90°
+    assert rates[-1] < 1e-3 * peak
+
+
+def test_the_summary_ends_with_the_weakest_classes_then_the_files(trained_synthetic):
+    out, result = trained_synthetic
+    lines = result.stdout.splitlines()
     metrics = json.loads((out / "metrics.json").read_text())
-    errors = round(metrics["error_rate"] * metrics["dataset"]["test_size"])
-    assert metrics["misclassified_shown"] == min(errors, 40)
+    order = [next(i for i, line in enumerate(lines) if line.startswith(start))
+             for start in ("test accuracy", "class  precision", "lowest recall:", "wrote:")]
+    assert order == sorted(order)
+    weakest = sorted(metrics["per_class"], key=lambda row: row["recall"])[:5]
+    assert lines[order[2]] == "lowest recall: " + ", ".join(
+        f"{row['label']} ({row['recall']:.2%})" for row in weakest)
+    assert all(line.startswith("  /") for line in lines[order[3] + 1:] if line.strip())
 
 
 def test_saved_model_loads_and_predicts_probabilities(trained_synthetic):
@@ -110,8 +152,8 @@ def test_saved_model_loads_and_predicts_probabilities(trained_synthetic):
 
 def test_evaluate_reproduces_the_training_accuracy(trained_synthetic, synthetic_dir, tmp_path):
     out, _ = trained_synthetic
-    result = run_cli("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
-                     "--output-dir", tmp_path, "--quiet")
+    result = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
+                      "--output-dir", tmp_path, "--quiet")
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
@@ -131,8 +173,8 @@ def test_evaluate_reproduces_the_training_accuracy(trained_synthetic, synthetic_
 
 
 def test_fashion_mnist_uses_clothing_names(tmp_path, synthetic_dir):
-    result = run_cli("--dataset", "fashion-mnist", "--data-dir", synthetic_dir,
-                     "--output-dir", tmp_path, *FAST)
+    result = run_main("--dataset", "fashion-mnist", "--data-dir", synthetic_dir,
+                      "--output-dir", tmp_path, *FAST)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [row["label"] for row in metrics["per_class"]] == list(
@@ -151,7 +193,7 @@ def test_quiet_prints_nothing(tmp_path, synthetic_dir):
 def test_output_dir_that_is_a_file_fails_before_training(tmp_path, synthetic_dir):
     target = tmp_path / "taken"
     target.write_text("keep me")
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", target)
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", target)
     assert result.returncode == 1
     assert "not a directory" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert target.read_text() == "keep me"
@@ -361,9 +403,9 @@ def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
 
 def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path, synthetic_dir):
     out = tmp_path / "out"
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
-                     "--deskew", "--committee", "3", "--epochs", "2",
-                     "--hidden", "16", "--batch-size", "64")
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
+                      "--deskew", "--committee", "3", "--epochs", "2",
+                      "--hidden", "16", "--batch-size", "64")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["committee"] == 3 and metrics["config"]["augment"] == "elastic"
@@ -379,8 +421,8 @@ def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path
         str(out / "model.keras")], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().endswith("(4, 10)")
-    again = run_cli("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
-                    "--output-dir", tmp_path / "evaluation", "--quiet")
+    again = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
+                     "--output-dir", tmp_path / "evaluation", "--quiet")
     assert again.returncode == 0, again.stderr
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert evaluated["test_accuracy"] == metrics["test_accuracy"]
@@ -394,8 +436,8 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())
     assert trained["versions"]["backend"] == "jax"  # what Keras really ran on
-    again = run_cli("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
-                    "--output-dir", tmp_path / "evaluation", "--quiet")  # TensorFlow
+    again = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
+                     "--output-dir", tmp_path / "evaluation", "--quiet")  # TensorFlow
     assert again.returncode == 0, again.stderr
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     # The same weights on another backend: at most one of the 200 test images read differently.
@@ -478,6 +520,9 @@ def test_patience_stops_early_and_keeps_the_best_epoch():
     assert trained["epochs_completed"] == 2  # one epoch without improvement, then stop
     losses = [row["val_loss"] for row in trained["history"]]
     assert losses[1] > losses[0]
+    # The weights kept are the best epoch's, not the last one's.
+    kept_loss = model.evaluate(data["x_val"], data["y_val"], verbose=0)[0]
+    assert kept_loss == pytest.approx(losses[0], rel=1e-3)
 
 
 def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json():

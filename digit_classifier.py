@@ -315,6 +315,8 @@ def run(mode, config, options):
         guard.check_memory(config, options["specs"])
     output_dir = guard.prepare_output_dir(config.output_dir, lock=True,
                                           what="evaluation" if mode == "evaluate" else mode)
+    if mode == "evaluate":  # its reports go beside the run's own, never over them
+        output_dir = guard.prepare_output_dir(output_dir / "evaluation")
     if mode == "evaluate" and options["recorded"]:
         say(config, f"data: {config.data_dir or 'the Keras download'} ({config.dataset}), "
                     f"as recorded by the run that saved {options['model']}")

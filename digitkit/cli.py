@@ -11,7 +11,8 @@ import math
 import textwrap
 from pathlib import Path
 
-from digitkit.config import (AUGMENTATIONS, DATASETS, DRAW_PORT, MIN_CONFIDENCE, PRESETS, Config,
+from digitkit.config import (AUGMENTATIONS, DATASETS, DRAW_PORT, MAX_EPOCHS, MAX_SEED,
+                             MAX_STEPS_PER_EXECUTION, MIN_CONFIDENCE, PRESETS, Config,
                              format_hidden)
 from digitkit.report import recorded_data
 
@@ -46,6 +47,17 @@ positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a finite 
 fraction = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 probability = checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 port_number = checked(int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
+seed_number = checked(int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}")
+epoch_count = checked(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
+steps_count = checked(int, lambda v: 1 <= v <= MAX_STEPS_PER_EXECUTION,
+                      f"an integer from 1 to {MAX_STEPS_PER_EXECUTION:,}")
+
+
+def path_text(text):
+    """A path as typed; an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
 
 
 def hidden_spec(text):
@@ -89,7 +101,7 @@ def build_parser():
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=sorted(DATASETS),
                       help=f"which dataset (default: {d.dataset})")
-    data.add_argument("--data-dir", metavar="DIR",
+    data.add_argument("--data-dir", metavar="DIR", type=path_text,
                       help="read the four IDX files (plain or .gz) or an mnist.npz from DIR "
                            "instead of downloading (default: Keras' download and cache)")
     data.add_argument("--validation-split", type=fraction, metavar="FRACTION",
@@ -118,7 +130,7 @@ def build_parser():
     training = parser.add_argument_group("training")
     training.add_argument("--preset", choices=sorted(PRESETS),
                           help="a named set of the options below (default: none)")
-    training.add_argument("--epochs", type=positive_int, help=f"training epochs (default: {d.epochs})")
+    training.add_argument("--epochs", type=epoch_count, help=f"training epochs (default: {d.epochs})")
     training.add_argument("--batch-size", type=positive_int,
                           help=f"images per training step (default: {d.batch_size})")
     training.add_argument("--learning-rate", type=positive_float, metavar="RATE",
@@ -131,10 +143,10 @@ def build_parser():
     training.add_argument("--patience", type=positive_int, metavar="N",
                           help="stop when validation loss has not improved for N epochs and keep "
                                "the best weights (default: off)")
-    training.add_argument("--steps-per-execution", type=positive_int, metavar="N",
+    training.add_argument("--steps-per-execution", type=steps_count, metavar="N",
                           help=f"training steps per call into the compiled graph "
                                f"(default: {d.steps_per_execution})")
-    training.add_argument("--seed", type=nonnegative_int,
+    training.add_argument("--seed", type=seed_number,
                           help=f"seed for the data split, initial weights and shuffling "
                                f"(default: {d.seed})")
     training.add_argument("--repeats", type=positive_int, metavar="N",
@@ -149,12 +161,12 @@ def build_parser():
                           help=f"Keras backend (default: {d.backend})")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output-dir", metavar="DIR",
+    output.add_argument("--output-dir", metavar="DIR", type=path_text,
                         help=f"where reports and the model go (default: {d.output_dir})")
     output.add_argument("--port", type=port_number, metavar="N",
                         help=f"with --draw, the port to listen on; 0 picks a free one "
                              f"(default: {DRAW_PORT})")
-    output.add_argument("--model", metavar="PATH",
+    output.add_argument("--model", metavar="PATH", type=path_text,
                         help="saved model for --predict, --draw and --evaluate "
                              "(default: OUTPUT_DIR/model.keras)")
     output.add_argument("--json", action="store_true",
@@ -214,8 +226,6 @@ def parse_command_line(argv=None):
     if mode == "evaluate" and "data_dir" not in args and "dataset" not in args:
         recorded = recorded_data(model_path)  # the data the model was trained and tested on
         values.update(recorded or {})
-    if mode == "evaluate" and "output_dir" not in args:
-        values["output_dir"] = str(Path(Config.output_dir) / "evaluation")
     config = Config(**values)
 
     if config.patience is not None and config.validation_split == 0:
@@ -224,6 +234,9 @@ def parse_command_line(argv=None):
         parser.error("argument --warmup-epochs: only with --lr-schedule cosine")
     if config.warmup_epochs >= config.epochs and config.warmup_epochs:
         parser.error(f"argument --warmup-epochs: must be fewer than --epochs ({config.epochs})")
+    if config.seed + config.repeats - 1 > MAX_SEED:
+        parser.error(f"argument --repeats: seeds {config.seed} to "
+                     f"{config.seed + config.repeats - 1} go past {MAX_SEED}, the largest seed")
     if config.repeats > 1 and config.resume:
         parser.error("argument --resume: not with --repeats")
     options = dict(specs=args.get("compare"), images=args.get("predict"),

@@ -83,7 +83,15 @@ CONFIDENCE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # tabulated on the va
 MISCLASSIFIED_SHOWN = 40  # at most this many mistakes in misclassified.png
 DRAW_PORT = 2828  # --draw's default port: 28 x 28, away from the ports dev servers take
 DRAWING_MAX_BYTES = 1_000_000  # larger --draw request bodies are refused unread (413)
-DRAWING_MAX_PIXELS = 2048 * 2048  # larger images are refused before they are decoded
+# Larger images are refused before they are decoded, by --predict and --draw alike: room for
+# a phone's 12-50 MP photo of a digit, none for a decompression bomb.
+IMAGE_MAX_PIXELS = 50_000_000
+
+# What the run can do with a number (the parser refuses the rest, exit 2): NumPy and Keras
+# take 32-bit seeds; past these, counts only make TensorFlow overflow.
+MAX_SEED = 2 ** 32 - 1
+MAX_EPOCHS = 100_000
+MAX_STEPS_PER_EXECUTION = 100_000
 
 
 def format_hidden(hidden):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES, RunError, UsageError
+from digitkit.guard import available_memory
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -35,32 +36,50 @@ def find_idx_file(data_dir, stem):
 
 
 def read_idx(path, ndim):
-    """Read one IDX file of unsigned bytes (gzip-compressed or not) into a NumPy array."""
+    """Read one IDX file of unsigned bytes (gzip-compressed or not) into a NumPy array.
+
+    Only a regular file is opened (a FIFO would block for ever, a device never ends), and no
+    more is read than its header promises, one byte past it to tell a padded file, so a
+    hostile file (a small gzip that expands to gigabytes) costs no more than an honest one;
+    a promise larger than the memory available is refused before anything is read.
+    """
     if path.is_dir():
         raise RunError(f"{path}: is a directory, expected an IDX file")
+    if not path.is_file():  # follows links: one to /dev/zero is no regular file either
+        raise RunError(f"{path}: not a regular file (a FIFO, a device?), expected an IDX file")
+    header_size = 4 + 4 * ndim
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as file:
+            compressed = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            stream = gzip.GzipFile(fileobj=file) if compressed else file
+            header = stream.read(header_size)
+            if not header:
+                raise RunError(f"{path}: file is empty")
+            if len(header) < header_size:
+                raise RunError(f"{path}: too short for an IDX header ({len(header)} bytes)")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != IDX_MAGIC[ndim]:
+                raise RunError(f"{path}: wrong magic number 0x{magic:08x}, expected "
+                               f"0x{IDX_MAGIC[ndim]:08x} (IDX "
+                               f"{'images' if ndim == 3 else 'labels'})")
+            shape = tuple(int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big")
+                          for i in range(ndim))
+            expected = math.prod(shape)
+            available = available_memory()
+            if available is not None and expected > available // 2:
+                raise RunError(f"{path}: header promises {'x'.join(map(str, shape))} = "
+                               f"{expected:,} bytes, more than half the memory available")
+            body = stream.read(expected + 1)
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise RunError(f"{path}: corrupt or truncated gzip data ({err})") from None
     except OSError as err:
-        raise RunError(f"{path}: cannot read ({err.strerror})") from None
-    if not raw:
-        raise RunError(f"{path}: file is empty")
-    header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise RunError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != IDX_MAGIC[ndim]:
-        raise RunError(f"{path}: wrong magic number 0x{magic:08x}, expected "
-                       f"0x{IDX_MAGIC[ndim]:08x} (IDX {'images' if ndim == 3 else 'labels'})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = header_size + math.prod(shape)
-    if len(raw) != expected:
+        raise RunError(f"{path}: cannot read ({err.strerror or err})") from None
+    if len(body) != expected:
+        holds = f"{len(body):,}" if len(body) < expected else "more"
         raise RunError(f"{path}: header promises {'x'.join(map(str, shape))} bytes of data "
-                       f"but the file holds {len(raw) - header_size} (truncated or padded)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+                       f"but the file holds {holds} (truncated or padded)")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
 def read_npz(path):
@@ -81,6 +100,9 @@ def read_data_dir(data_dir, dataset):
     data_dir = Path(data_dir)
     if data_dir.is_file() and data_dir.suffix == ".npz":
         return read_npz(data_dir), {key: str(data_dir) for key in IDX_FILES}
+    if data_dir.is_file():
+        raise RunError(f"--data-dir {data_dir}: is a file, not a folder; pass the folder that "
+                       f"holds the four IDX files, or an .npz")
     if not data_dir.is_dir():
         raise RunError(f"--data-dir {data_dir}: no such directory")
     found = {key: find_idx_file(data_dir, stem) for key, stem in IDX_FILES.items()}

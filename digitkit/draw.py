@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from digitkit import backend
-from digitkit.config import (DATASETS, DRAWING_MAX_BYTES, DRAWING_MAX_PIXELS, IMAGE_SHAPE,
+from digitkit.config import (DATASETS, DRAWING_MAX_BYTES, IMAGE_SHAPE,
                              RunError)
 from digitkit.images import BlankImageError, ImageError, decode_image, to_mnist_format
 from digitkit.metrics import answer
@@ -61,7 +61,7 @@ def drawing_classifier(model, class_names, min_confidence):
         """The model's answer, with the 28x28 image it saw; blank drawings and non-images
         get a 4xx and say why."""
         try:
-            image = to_mnist_format(decode_image(io.BytesIO(body), DRAWING_MAX_PIXELS))
+            image = to_mnist_format(decode_image(io.BytesIO(body)))
         except BlankImageError as err:
             return 422, dict(blank=True, error=f"blank drawing: {err}")
         except ImageError as err:
@@ -109,7 +109,7 @@ def drawing_handler(page, classify_drawing):
             length = self.headers.get("Content-Length")
             if length is None:
                 return self.refuse(411, "a Content-Length header is required")
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # "²" is a digit to isdigit()
                 return self.refuse(400, f"bad Content-Length {length!r}")
             length = int(length)
             if length > DRAWING_MAX_BYTES:

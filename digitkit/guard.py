@@ -105,8 +105,16 @@ def lock_output_dir(path, what):
     key = Path(path).resolve()
     if key in HELD_LOCKS:
         return
-    created = not (key / LOCK_NAME).exists()
-    handle = open(key / LOCK_NAME, "a+")
+    lock_path = key / LOCK_NAME
+    created = not lock_path.exists()
+    try:  # never through a link: a planted one would have the run write where it points
+        handle = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644),
+                           "r+")
+    except OSError:
+        if os.path.islink(lock_path):
+            raise RunError(f"{lock_path} is a symbolic link, not this program's lock file; "
+                           f"remove it") from None
+        raise  # the folder's own trouble (read-only, full): prepare_output_dir names it
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -5,12 +5,13 @@ centres it in 28x28 as MNIST's digits are. Shared by --predict and --draw. Impor
 and NumPy only.
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from digitkit.config import IMAGE_SHAPE
+from digitkit.config import IMAGE_MAX_PIXELS, IMAGE_SHAPE
 
 MNIST_CENTRE_OF_MASS = 14.0  # where MNIST's digits have their centre of mass, in pixel indices
 INK_THRESHOLD = 0.25  # fraction of the strongest ink below which a pixel counts as background
@@ -33,18 +34,25 @@ def read_image(path):
     if path.is_dir():
         raise ImageError("is a folder, not an image" if visible_entries(path)
                          else "is a folder with no files in it")
+    if not path.is_file():  # a FIFO would block, a device never ends
+        raise ImageError("not a regular file")
     if path.stat().st_size == 0:
         raise ImageError("file is empty")
     return decode_image(path)
 
 
-def decode_image(source, max_pixels=None):
-    """Decode an image (a path or a binary file object) to grayscale floats in 0-1."""
+def decode_image(source, max_pixels=IMAGE_MAX_PIXELS):
+    """Decode an image (a path or a binary file object) to grayscale floats in 0-1; one with
+    more than max_pixels is refused from its header, before it is decoded."""
     try:
-        with Image.open(source) as opened:
-            if max_pixels and opened.width * opened.height > max_pixels:
-                raise ImageError(f"image is {opened.width}x{opened.height} pixels, more than "
-                                 f"{max_pixels:,} in all")
+        with warnings.catch_warnings():
+            # Pillow warns, in two lines, above 89 million pixels; the check below speaks.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(source)
+        with opened:
+            if opened.width * opened.height > max_pixels:
+                raise ImageError(f"image is {opened.width:,}x{opened.height:,} pixels, more "
+                                 f"than the {max_pixels:,} allowed")
             image = ImageOps.exif_transpose(opened)
             image.load()
     except UnidentifiedImageError:

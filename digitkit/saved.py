@@ -9,6 +9,7 @@ module only after backend.start.
 import csv
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,10 @@ def load_saved_model(path, config):
     if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
         raise RunError(f"{path}: model maps {input_shape} to {output_shape}, not 28x28 images "
                        f"to 10 classes; {train_first(config, path)}")
+    blank = np.asarray(model.predict_on_batch(np.zeros((1, *IMAGE_SHAPE), np.float32)))[0]
+    if not (np.all(blank >= 0) and abs(float(blank.sum()) - 1) < 1e-3):
+        raise RunError(f"{path}: the model's outputs are not probabilities (one image's sum to "
+                       f"{float(blank.sum()):.4g}); {train_first(config, path)}")
     return model, saved_dataset(path, model)
 
 
@@ -83,11 +88,26 @@ def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, s
     return 0
 
 
-def image_sources(paths):
+def shown_path(path):
+    """A path as text that can always be printed and written: bytes that are not UTF-8 (a
+    file name from another system) as \\xNN escapes, instead of an exception."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def spreadsheet_safe(text):
+    """Text for a CSV cell that a spreadsheet shows as text: one that would start a formula
+    (=, +, -, @) gets a leading apostrophe, as OWASP advises."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def image_sources(paths, own=()):
     """(path, named) for each file named and for each file in each folder named;
-    named is False for a folder's files."""
+    named is False for a folder's files. The files in `own` (this run's outputs) are left
+    out of folders, so a rerun does not classify its own predictions.png."""
+    own = {Path(path).resolve() for path in own}
     for path in map(Path, paths):
-        entries = visible_entries(path) if path.is_dir() else []
+        entries = ([entry for entry in visible_entries(path) if entry.resolve() not in own]
+                   if path.is_dir() else [])
         if entries:
             yield from ((entry, False) for entry in entries)
         else:  # a file, or a folder with nothing in it (reported as an error)
@@ -101,7 +121,8 @@ def prepared_images(sources, problems):
         try:
             yield path, to_mnist_format(read_image(path))
         except ImageError as err:
-            print(f"{'error' if named else 'skipped'}: {path}: {err}", file=sys.stderr)
+            print(f"{'error' if named else 'skipped'}: {shown_path(path)}: {err}",
+                  file=sys.stderr)
             problems.append((path, named))
 
 
@@ -162,23 +183,27 @@ def run_prediction(config, model_path, image_paths, as_json, min_confidence, out
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(PREDICTION_COLUMNS)
-            for path, image, p in classify(model, prepared_images(image_sources(image_paths),
-                                                                  problems)):
+            own = (output_dir / "predictions.csv", output_dir / "predictions.png")
+            for path, image, p in classify(model, prepared_images(
+                    image_sources(image_paths, own), problems)):
                 result = answer(p, class_names, min_confidence)
                 unsure_count += result["unsure"]
                 second, third = result["candidates"]
-                writer.writerow([path, result["prediction"], f"{result['probability']:.6f}",
+                text = shown_path(path)
+                writer.writerow([spreadsheet_safe(text), result["prediction"],
+                                 f"{result['probability']:.6f}",
                                  second["label"], f"{second['probability']:.6f}",
                                  third["label"], f"{third['probability']:.6f}",
                                  int(result["unsure"])])
                 if as_json:
-                    print(json.dumps(dict(file=str(path), **result)))
+                    print(json.dumps(dict(file=text, **result)))
                 else:
                     others = ", ".join(f"{c['label']} ({c['probability']:.1%})"
                                        for c in result["candidates"])
-                    print(f"{path}: {result['prediction']} ({result['probability']:.1%})"
+                    print(f"{text}: {result['prediction']} ({result['probability']:.1%})"
                           f"{'  UNSURE' if result['unsure'] else ''}  next: {others}")
-                name = path.name if len(path.name) <= 20 else f"{path.name[:9]}…{path.name[-9:]}"
+                name = shown_path(path.name)
+                name = name if len(name) <= 20 else f"{name[:9]}…{name[-9:]}"
                 shown.offer(image, f"{name}\n{result['prediction']} ({result['probability']:.0%})"
                             + (" unsure" if result["unsure"] else ""), result["unsure"])
         if not shown.total:

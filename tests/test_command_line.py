@@ -136,10 +136,6 @@ def test_compare_specs_parse_to_width_tuples():
     assert options["specs"] == [(100,), (100, 100), ()]
 
 
-def test_evaluate_writes_to_its_own_subdirectory_by_default():
-    _, config, _ = cli.parse_command_line(["--evaluate"])
-    assert config.output_dir.endswith("evaluation")
-
 
 FLAG_NAMES = ["--epochs", "--hidden", "--batch-size", "--learning-rate", "--validation-split",
               "--seed", "--dropout", "--patience", "--warmup-epochs", "--lr-schedule",

@@ -191,7 +191,7 @@ def test_fashion_mnist_statistics_are_recognised_and_other_data_is_not():
 def test_evaluate_defaults_to_the_data_the_model_was_trained_on(trained_synthetic, tmp_path):
     out, _ = trained_synthetic
     result = run_cli("--evaluate", "--model", out / "model.keras", "--output-dir",
-                     tmp_path / "evaluation", env={"HTTPS_PROXY": "http://127.0.0.1:9",
+                     tmp_path, env={"HTTPS_PROXY": "http://127.0.0.1:9",
                                                    "HTTP_PROXY": "http://127.0.0.1:9"})
     assert result.returncode == 0, result.stderr
     assert "as recorded by the run that saved" in result.stdout

@@ -36,7 +36,7 @@ def test_evaluate_reproduces_the_accuracy_the_old_version_recorded(workdir, run,
     result = run_main("--evaluate", "--model", workdir / "saved" / run / "model.keras",
                       "--data-dir", workdir / "data", "--output-dir", out, "--quiet", *flags)
     assert result.returncode == 0, result.stderr
-    evaluated = json.loads((out / "metrics.json").read_text())
+    evaluated = json.loads((out / "evaluation" / "metrics.json").read_text())
     # The same weights on the same 200 test images: the very same answers.
     assert evaluated["confusion_matrix"] == recorded["confusion_matrix"]
     assert evaluated["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=1e-9)

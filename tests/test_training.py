@@ -156,18 +156,18 @@ def test_evaluate_reproduces_the_training_accuracy(trained_synthetic, synthetic_
                       "--output-dir", tmp_path, "--quiet")
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())
-    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
     assert evaluated["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
     for name in PNGS:
-        assert (tmp_path / name).is_file() == (name != "training_curves.png")
-    assert not (tmp_path / "model.keras").exists()
+        assert (tmp_path / "evaluation" / name).is_file() == (name != "training_curves.png")
+    assert not (tmp_path / "evaluation" / "model.keras").exists()
     # The same record and page as training: the model described, and where it came from.
     assert evaluated["architecture"] == trained["architecture"]
     assert evaluated["parameters"] == trained["parameters"]
     assert evaluated["model"] == str((out / "model.keras").resolve())
-    page = (tmp_path / "report.html").read_text()
+    page = (tmp_path / "evaluation" / "report.html").read_text()
     assert f'<b id="test-accuracy">{trained["test_accuracy"]:.4%}</b>' in page
     assert html.escape(trained["architecture"]) in page
 
@@ -422,7 +422,7 @@ def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().endswith("(4, 10)")
     again = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
-                     "--output-dir", tmp_path / "evaluation", "--quiet")
+                     "--output-dir", tmp_path, "--quiet")
     assert again.returncode == 0, again.stderr
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert evaluated["test_accuracy"] == metrics["test_accuracy"]
@@ -437,7 +437,7 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
     trained = json.loads((out / "metrics.json").read_text())
     assert trained["versions"]["backend"] == "jax"  # what Keras really ran on
     again = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
-                     "--output-dir", tmp_path / "evaluation", "--quiet")  # TensorFlow
+                     "--output-dir", tmp_path, "--quiet")  # TensorFlow
     assert again.returncode == 0, again.stderr
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     # The same weights on another backend: at most one of the 200 test images read differently.

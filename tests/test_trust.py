@@ -251,7 +251,7 @@ def test_evaluate_reports_the_saved_models_calibration_and_robustness(trained_sy
                                                                       synthetic_dir, tmp_path):
     out, _ = trained_synthetic
     result = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
-                      "--output-dir", tmp_path / "evaluation", "--quiet")
+                      "--output-dir", tmp_path, "--quiet")
     assert result.returncode == 0, result.stderr
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     trained = json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,227 @@
+"""A careless or hostile user: inputs that once ended in a traceback, a hang or a lost file.
+
+Each test provokes one case of issue #25 and checks the one-line answer, the exit status, and
+that nothing already on disk was touched.
+"""
+
+import csv
+import gzip
+import http.client
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FAST, run_cli, run_main, write_dataset, write_idx
+from digitkit import cli
+from test_draw import huge_png_header
+
+
+def one_line(result):
+    """stderr as one line, asserting it is one and no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+# --- numbers the run cannot use are refused by the parser (exit 2) ---------------------------
+
+@pytest.mark.parametrize("argv", [["--seed", "4294967296"], ["--seed", str(2 ** 40)],
+                                  ["--predict", "x.png", "--seed", "4294967296"],
+                                  ["--seed", "4294967295", "--repeats", "2"],
+                                  ["--epochs", "100000000000000000"],
+                                  ["--steps-per-execution", str(10 ** 12)],
+                                  ["--output-dir", ""], ["--data-dir", " "], ["--model", ""]])
+def test_numbers_and_paths_the_run_cannot_use_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_command_line(argv)
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_largest_seed_still_runs_its_repeats():
+    _, config, _ = cli.parse_command_line(["--seed", "4294967294", "--repeats", "2"])
+    assert (config.seed, config.repeats) == (4294967294, 2)
+
+
+# --- data files that are not what they claim ------------------------------------------------
+
+def test_a_fifo_as_an_idx_file_is_refused_at_once_not_read_for_ever(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    fifo = data / "train-images-idx3-ubyte.gz"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    out = tmp_path / "new" / "out"
+    result = run_cli("--data-dir", data, "--output-dir", out, *FAST, timeout=60)
+    assert result.returncode == 1
+    assert "not a regular file" in one_line(result) and str(fifo) in result.stderr
+    assert not (tmp_path / "new").exists()  # the folder it made is taken back
+
+
+def test_a_link_to_dev_zero_as_an_idx_file_is_refused(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    (data / "t10k-labels-idx1-ubyte.gz").unlink()
+    (data / "t10k-labels-idx1-ubyte").symlink_to("/dev/zero")
+    result = run_main("--data-dir", data, "--output-dir", tmp_path / "out", *FAST)
+    assert result.returncode == 1 and "not a regular file" in one_line(result)
+
+
+def test_a_small_gzip_that_expands_past_its_header_is_read_no_further(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    header = (0x0801).to_bytes(4, "big") + (600).to_bytes(4, "big")
+    bomb = gzip.compress(header + bytes(50_000_000), compresslevel=9)  # 50 MB of labels
+    assert len(bomb) < 100_000
+    (data / "train-labels-idx1-ubyte.gz").write_bytes(bomb)
+    result = run_main("--data-dir", data, "--output-dir", tmp_path / "out", *FAST)
+    assert result.returncode == 1
+    assert "header promises 600 bytes of data but the file holds more" in one_line(result)
+
+
+def test_a_header_promising_more_than_the_memory_is_refused_before_reading(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    write_idx(data / "t10k-images-idx3-ubyte.gz", np.zeros((10, 28, 28), np.uint8))
+    raw = gzip.decompress((data / "t10k-images-idx3-ubyte.gz").read_bytes())
+    lie = raw[:4] + (2 ** 32 - 1).to_bytes(4, "big") + raw[8:]  # 3.4 TB of images, it says
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(lie))
+    result = run_main("--data-dir", data, "--output-dir", tmp_path / "out", *FAST)
+    assert result.returncode == 1 and "more than half the memory available" in one_line(result)
+
+
+def test_a_file_given_as_data_dir_is_called_a_file(tmp_path):
+    (tmp_path / "train.txt").write_text("not data")
+    result = run_main("--data-dir", tmp_path / "train.txt", "--output-dir", tmp_path / "out")
+    assert result.returncode == 1 and "is a file, not a folder" in one_line(result)
+
+
+# --- what a run saved is never overwritten -----------------------------------------------------
+
+def test_evaluating_a_runs_folder_writes_beside_its_files_not_over_them(trained_synthetic,
+                                                                        synthetic_dir, tmp_path):
+    import shutil
+
+    from test_guard_rails import snapshot
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_synthetic[0], run)
+    before = snapshot(run)
+    del before[".digit_classifier.lock"]  # the lock file says who holds the folder now
+    result = run_main("--evaluate", "--output-dir", run, "--data-dir", synthetic_dir, "--quiet")
+    assert result.returncode == 0, result.stderr
+    after = snapshot(run)
+    assert {name: after[name] for name in before} == before  # every file, byte for byte
+    assert json.loads((run / "evaluation" / "metrics.json").read_text())["model"] == str(
+        (run / "model.keras").resolve())
+    # So the fitted temperature is still in the record --draw reads.
+    assert json.loads((run / "metrics.json").read_text())["calibration"]["fitted"]
+
+
+# --- the output folder's lock ----------------------------------------------------------------
+
+def test_a_lock_file_planted_as_a_link_is_not_followed(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    (out / ".digit_classifier.lock").symlink_to(victim)
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST)
+    assert result.returncode == 1 and "symbolic link" in one_line(result)
+    assert victim.read_text() == "keep me"
+
+
+# --- --predict's images and names -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_path(trained_synthetic):
+    return trained_synthetic[0] / "model.keras"
+
+
+def digit_png(path):
+    """A white bar on black: something the synthetic model reads."""
+    Image.fromarray(np.uint8(np.pad(np.full((16, 4), 255), 6))).save(path)
+    return path
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_file_name_that_is_not_utf8_is_classified_like_the_others(tmp_path, model_path,
+                                                                    as_json):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    digit_png(folder / "plain.png")
+    digit_png(folder / os.fsdecode(b"caf\xe9.png"))  # Latin-1, as an old camera names files
+    out = tmp_path / "out"
+    result = run_cli("--predict", folder, "--model", model_path, "--output-dir", out,
+                     *(["--json"] if as_json else []))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = list(csv.DictReader((out / "predictions.csv").open(encoding="utf-8")))
+    assert sorted(row["file"] for row in rows) == sorted(
+        [str(folder / "plain.png"), str(folder) + "/caf\\xe9.png"])
+    if as_json:
+        assert len([json.loads(line) for line in result.stdout.splitlines()]) == 2
+
+
+def test_file_names_that_would_be_formulas_are_text_in_the_csv(tmp_path, model_path,
+                                                               monkeypatch):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("=HYPERLINK(1).png", "+1.png", "@x.png", "-2.png", "ok.png"):
+        digit_png(scans / name)
+    monkeypatch.chdir(scans)  # `--predict .` names the files bare: first in their cells
+    result = run_main("--predict", ".", "--model", model_path, "--output-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert [row["file"] for row in rows] == [
+        "'+1.png", "'-2.png", "'=HYPERLINK(1).png", "'@x.png", "ok.png"]
+
+
+def test_a_rerun_into_the_same_folder_does_not_classify_its_own_picture(tmp_path, model_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(3):
+        digit_png(folder / f"{i}.png")
+    for _ in range(2):
+        result = run_main("--predict", folder, "--model", model_path, "--output-dir", folder)
+        assert result.returncode == 0, result.stderr
+        assert "classified 3 images" in result.stdout
+
+
+def test_a_huge_image_is_refused_from_its_header_without_pillows_warning(tmp_path, model_path):
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(huge_png_header(12000, 12000))
+    result = run_cli("--predict", huge, "--model", model_path, "--output-dir", tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "DecompressionBomb" not in result.stderr  # Pillow's own two-line warning
+    assert result.stderr.splitlines()[0].endswith(
+        "huge.png: image is 12,000x12,000 pixels, more than the 50,000,000 allowed")
+
+
+def test_a_model_whose_outputs_are_not_probabilities_is_refused(tmp_path):
+    linear = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                               keras.layers.Dense(10)])
+    linear.layers[-1].set_weights([np.zeros((784, 10)), np.arange(10.0) * 30])
+    linear.save(tmp_path / "linear.keras")
+    image = digit_png(tmp_path / "x.png")
+    result = run_main("--predict", image, "--model", tmp_path / "linear.keras",
+                      "--output-dir", tmp_path / "out")
+    assert result.returncode == 1 and "outputs are not probabilities" in one_line(result)
+
+
+# --- the drawing server -------------------------------------------------------------------------
+
+def test_a_content_length_of_a_non_ascii_digit_is_a_400(trained_synthetic):
+    from test_draw import draw_server
+
+    with draw_server(trained_synthetic[0] / "model.keras") as (port, _):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.putrequest("POST", "/predict")
+            connection.putheader("Content-Length", "\xb2")  # "²": a digit to str.isdigit()
+            connection.endheaders()
+            response = connection.getresponse()
+            assert response.status == 400
+            assert "bad Content-Length" in json.loads(response.read())["error"]
+        finally:
+            connection.close()

@@ -139,13 +139,15 @@ def compile_model(model, config, steps_per_epoch):
     return model
 
 
-def fit(model, data, config, signals, output_dir=None, initial_epoch=0, history=(),
+def fit(model, data, config, signals, output_dir=None, stage=None, initial_epoch=0, history=(),
         callbacks=()):
-    """Train on the training split, validating on the held-out one; returns the training
-    record (history, kept epoch, seconds, whether interrupted)."""
+    """Train on the training split, validating on the held-out one; each finished epoch is
+    checkpointed in output_dir (for --resume) and added to stage's history.csv. Returns the
+    training record (history, kept epoch, seconds, whether interrupted)."""
     from digitkit import networks, training
 
-    monitor = training.TrainingMonitor(config, signals, output_dir, history)
+    monitor = training.TrainingMonitor(config, signals, output_dir,
+                                       stage / "history.csv" if stage else None, history)
     callbacks = [monitor, *training.standard_callbacks(config, len(data["x_val"]) > 0),
                  *callbacks]
     validation = ((data["x_val"], networks.committee_labels(data["y_val"], model))
@@ -178,7 +180,8 @@ def new_model(config, train_count):
     return compile_model(build_model(config), config, math.ceil(train_count / config.batch_size))
 
 
-def train_and_evaluate(config, data, signals, output_dir=None, start=None, callbacks=()):
+def train_and_evaluate(config, data, signals, output_dir=None, stage=None, start=None,
+                       callbacks=()):
     """Build, compile, fit, evaluate: the pipeline training, --repeats, --compare and the
     benchmarks all run. start is (model, epochs done, history) to go on from, if not None.
 
@@ -190,7 +193,8 @@ def train_and_evaluate(config, data, signals, output_dir=None, start=None, callb
 
     model, initial_epoch, history = start or (new_model(config, len(data["x_train"])), 0, [])
     say(config, networks.describe_model(model))
-    training = fit(model, data, config, signals, output_dir, initial_epoch, history, callbacks)
+    training = fit(model, data, config, signals, output_dir, stage, initial_epoch, history,
+                   callbacks)
     with timed(training, "evaluate_seconds"):
         final = networks.for_inference(model)
         scores, calibration, test_logits = evaluate(final, data)
@@ -229,6 +233,7 @@ def run_training(config):
     needed, weights = guard.check_memory(config)  # a network too large fails before TensorFlow
     output_dir = guard.prepare_output_dir(config.output_dir, lock=True, what="training")
     guard.refuse_unfinished_run(output_dir, config)
+    stage = guard.staging_dir(output_dir)  # this run's files, published together at the end
     data, dataset_info, timing = load_data(config)
     from digitkit import compare, training
 
@@ -246,7 +251,7 @@ def run_training(config):
         start = (new_model(config, len(data["x_train"])), 0, [])
 
     with training.StopSignals() as signals:  # a first Ctrl-C stops after the batch
-        result = train_and_evaluate(config, data, signals, output_dir, start)
+        result = train_and_evaluate(config, data, signals, output_dir, stage, start)
     trained = result["training"]
     timing.update(train_seconds=round(trained["seconds"], 3),
                   samples_per_second=(round(trained["samples_per_second"], 1)
@@ -257,9 +262,10 @@ def run_training(config):
                     f"{trained['epochs_completed'] + 1} of {config.epochs} "
                     f"({trained['epochs_completed']} finished); evaluated the model as it stands")
 
-    # From here a Ctrl-C stops the run, keeping the files already written whole.
+    # From here a Ctrl-C stops the run: the new files are dropped, the previous run's stay, and
+    # the checkpoint lets --resume write the reports without training again.
     with training.StopSignals(during="reports"):
-        images, robust = save_reports(output_dir, config, data, result, timing)
+        images, robust = save_reports(stage, config, data, result, timing)
         if result["members"]:
             say(config, "committee members' test accuracy: " + ", ".join(
                 f"{accuracy:.2%}" for accuracy in result["members"]))
@@ -273,13 +279,15 @@ def run_training(config):
             architecture=result["architecture"], parameters=result["parameters"],
             member_test_accuracy=result["members"], repeats=repeats,
             calibration=result["calibration"], robustness=robust)
-        written = [*images, report.write_html_report(output_dir / "report.html", record, images),
-                   guard.write_json(output_dir / "metrics.json", record)]
+        written = [*images, report.write_html_report(stage / "report.html", record, images),
+                   guard.write_json(stage / "metrics.json", record), stage / "model.keras"]
+        written += [stage / "history.csv"] if trained["history"] else []
+        moved = guard.publish(stage, output_dir)
         if not trained["interrupted"]:
             checkpoint.remove()
-    written += [output_dir / "model.keras"]
-    written += [output_dir / "history.csv"] if trained["history"] else []
-    report.print_summary(record, written, config.quiet)
+    if moved:
+        say(config, f"the previous run's files are now in {moved}")
+    report.print_summary(record, [output_dir / path.name for path in written], config.quiet)
     if trained["interrupted"]:
         print(f"interrupted: reports describe the model after {trained['epochs_completed']} "
               f"epochs; rerun with --resume to finish training", file=sys.stderr)

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ def write_atomically(path, write):
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # named by the file the user will look for, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -68,6 +72,11 @@ def write_history_csv(path, rows):
 
 # Directories this process created, removed again if the run fails before writing a result.
 CREATED_DIRS = []
+STAGING_DIRS = []  # this process's unpublished run folders, dropped if the run fails
+# The files of one training run, which belong together: published, or moved aside, as a set.
+RUN_FILES = ("model.keras", "metrics.json", "report.html", "history.csv", "confusion_matrix.png",
+             "confusion_matrix_normalized.png", "training_curves.png", "misclassified.png",
+             "calibration.png", "robustness.png", "corruptions.png", "samples.png")
 LOCK_NAME = ".digit_classifier.lock"
 HELD_LOCKS = {}  # resolved output directory -> (its open, locked lock file, whether new)
 
@@ -131,6 +140,47 @@ def lock_output_dir(path, what):
     HELD_LOCKS[key] = (handle, created)
 
 
+def staging_dir(output_dir):
+    """A hidden folder in output_dir where a run writes its files, to publish them whole.
+
+    The run holds the folder's lock, so any other staging folder there is a killed run's
+    leftover: it goes.
+    """
+    for stale in Path(output_dir).glob(".run-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = Path(output_dir) / f".run-{os.getpid()}"
+    stage.mkdir()
+    STAGING_DIRS.append(stage)
+    return stage
+
+
+def publish(stage, output_dir):
+    """Put the staged files in output_dir as one set; returns where the previous set went.
+
+    A previous run's files move first, all of them, to previous/<when it finished>/: nothing
+    a user saved is overwritten, and the folder never holds half of one run and half of
+    another. Each move is a rename within the folder, so a full disk cannot stop it midway.
+    """
+    output_dir = Path(output_dir)
+    old = [output_dir / name for name in RUN_FILES if (output_dir / name).exists()]
+    moved = None
+    if old:
+        record = output_dir / "metrics.json"
+        finished = (record if record.exists() else old[0]).stat().st_mtime
+        moved = output_dir / "previous" / time.strftime("%Y-%m-%d_%H-%M-%S",
+                                                        time.localtime(finished))
+        while moved.exists():
+            moved = moved.with_name(moved.name + "+")
+        moved.mkdir(parents=True)
+        for path in old:
+            os.replace(path, moved / path.name)
+    for path in sorted(stage.iterdir()):
+        os.replace(path, output_dir / path.name)
+    stage.rmdir()
+    STAGING_DIRS.remove(stage)
+    return moved
+
+
 def release_output_dirs(failed):
     """Drop this process's locks. After a failure, take back what the run added before it
     wrote any result: a lock file it created, and the directories it created, if empty."""
@@ -139,6 +189,9 @@ def release_output_dirs(failed):
             (key / LOCK_NAME).unlink(missing_ok=True)
         handle.close()
         del HELD_LOCKS[key]
+    for stage in STAGING_DIRS:  # an unpublished set: the previous one stays as it was
+        shutil.rmtree(stage, ignore_errors=True)
+    STAGING_DIRS.clear()
     if failed:
         for directory in CREATED_DIRS:  # deepest first; non-empty ones stay
             try:

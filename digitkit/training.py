@@ -133,15 +133,20 @@ class TrainingMonitor(keras.callbacks.Callback):
     whole each epoch (CSVLogger appends), so an interrupted run never leaves half a row.
     """
 
-    def __init__(self, config, signals, output_dir=None, history=()):
+    def __init__(self, config, signals, checkpoint_dir=None, history_csv=None, history=()):
         super().__init__()
         self.config, self.signals = config, signals
-        self.checkpoint = Checkpoint(output_dir) if output_dir else None
-        self.history_csv = Path(output_dir) / "history.csv" if output_dir else None
+        self.checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir else None
+        self.history_csv = history_csv
         self.history = list(history)
         self.epoch = len(self.history)
         self.stopped_mid_epoch = False
         self.nonfinite = None
+
+    def on_train_begin(self, logs=None):
+        """A resumed run's history.csv starts whole, even if no epoch is left to train."""
+        if self.history and self.history_csv:
+            write_history_csv(self.history_csv, self.history)
 
     def on_epoch_begin(self, epoch, logs=None):
         """Remember which epoch is running."""

@@ -118,6 +118,28 @@ def test_evaluating_a_runs_folder_writes_beside_its_files_not_over_them(trained_
     assert json.loads((run / "metrics.json").read_text())["calibration"]["fitted"]
 
 
+@pytest.mark.parametrize("again", [["--quiet"], ["--resume"]])
+def test_training_again_moves_the_finished_run_aside_whole(trained_synthetic, synthetic_dir,
+                                                          tmp_path, again):
+    import shutil
+
+    from test_guard_rails import snapshot
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_synthetic[0], run)
+    before = snapshot(run)
+    del before[".digit_classifier.lock"]
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", run, *FAST, "--seed", "7",
+                      *again)
+    assert result.returncode == 0, result.stderr
+    (previous,) = (run / "previous").iterdir()
+    assert snapshot(previous) == before  # the finished run, every file, byte for byte
+    assert json.loads((run / "metrics.json").read_text())["config"]["seed"] == 7
+    assert not list(run.glob(".run-*"))
+    if "--quiet" not in again:
+        assert f"the previous run's files are now in {previous}" in result.stdout
+
+
 # --- the output folder's lock ----------------------------------------------------------------
 
 def test_a_lock_file_planted_as_a_link_is_not_followed(tmp_path, synthetic_dir):

@@ -186,10 +186,12 @@ def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, syntheti
     run = " ".join(f"'{a}'" for a in [sys.executable, str(SCRIPT), "--data-dir",
                                       str(synthetic_dir), "--output-dir", str(out), "--quiet",
                                       "--epochs", "2", "--hidden", "64"])
+    earlier = ("metrics.json", "model.keras", "report.html", "history.csv")
     script = (f"mount -t tmpfs -o size=200k tmpfs '{out}' || exit 99; "
-              f"echo earlier > '{out}/metrics.json'; {run}; rc=$?; "
-              f"echo \"KEPT=$(cat '{out}/metrics.json')\"; "
-              f"echo \"PARTIAL=$(ls -a '{out}' | grep -c partial)\"; exit $rc")
+              + "".join(f"echo earlier {name} > '{out}/{name}'; " for name in earlier)
+              + f"{run}; rc=$?; "
+              + "".join(f"echo \"KEPT=$(cat '{out}/{name}')\"; " for name in earlier)
+              + f"echo \"LEFT=$(ls -a '{out}' | grep -c -e partial -e .run-)\"; exit $rc")
     result = subprocess.run([*namespace, "sh", "-c", script], capture_output=True,
                             text=True, timeout=300)
     if result.returncode == 99 or (result.returncode == 1 and "unshare:" in result.stderr):
@@ -198,7 +200,10 @@ def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, syntheti
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr
-    assert "KEPT=earlier" in result.stdout and "PARTIAL=0" in result.stdout
+    assert lines[0].startswith(f"error: {out}/")  # names the file it could not write
+    for name in earlier:  # the earlier set, whole: no new file beside an old one
+        assert f"KEPT=earlier {name}" in result.stdout, result.stdout
+    assert "LEFT=0" in result.stdout
 
 
 def test_deterministic_runs_are_identical(tmp_path, synthetic_dir):
@@ -272,16 +277,22 @@ def test_second_sigint_exits_at_once_leaving_only_complete_files(tmp_path, synth
     assert (out / "checkpoint" / "state.json").is_file()
 
 
-def wait_for_file(path, process, timeout=120):
-    """Block until path exists (the run has reached the step that writes it)."""
+def json_history_of(out):
+    """history.csv's losses, to hold against the record's."""
+    return [float(row["loss"]) for row in csv.DictReader((out / "history.csv").open())]
+
+
+def wait_for_file(pattern, folder, process, timeout=120):
+    """Block until a file matching pattern exists in folder (the run reached the step that
+    writes it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
+        if list(folder.glob(pattern)):
             return
         if process.poll() is not None:
-            pytest.fail(f"run ended before writing {path.name}: {process.communicate()}")
+            pytest.fail(f"run ended before writing {pattern}: {process.communicate()}")
         time.sleep(0.01)
-    pytest.fail(f"{path.name} never appeared")
+    pytest.fail(f"{pattern} never appeared")
 
 
 def test_sigint_while_writing_reports_stops_keeping_complete_files(tmp_path, synthetic_dir):
@@ -289,15 +300,21 @@ def test_sigint_while_writing_reports_stops_keeping_complete_files(tmp_path, syn
     process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, "--epochs", "2",
                         "--hidden", "32", "--batch-size", "64", "--augment", "none",
                         "--repeats", "3")
-    wait_for_file(out / "model.keras", process)  # saved first, once training has finished
+    wait_for_file(".run-*/model.keras", out, process)  # saved first, once training finished
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted"
     assert "seed 43" not in stdout  # the repeats never started
-    assert_only_complete_files(out)
-    assert not (out / "metrics.json").exists()  # the record is written last
-    import keras
-
-    assert keras.models.load_model(out / "model.keras").output_shape == (None, 10)
+    # The unfinished set of files is dropped whole; the finished training is kept in the
+    # checkpoint, so --resume writes the reports without training again.
+    assert [path.name for path in out.iterdir()] == ["checkpoint"]  # lock file taken back
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["epochs_done"] == 2
+    resumed = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--epochs", "2",
+                       "--hidden", "32", "--batch-size", "64", "--augment", "none",
+                       "--resume", "--quiet")  # --resume takes no --repeats
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["epochs_completed"] == 2 and not record["interrupted"]
+    assert json_history_of(out) == pytest.approx(record["history"]["loss"], rel=1e-5)
 

@@ -245,10 +245,11 @@ def run_training(config):
                     f"{config.epochs} epochs done")
     elif config.resume:
         say(config, f"no checkpoint in {checkpoint.directory}; starting from scratch")
-    if start is None:  # built before Ctrl-C is taken over: one during the build stops at once
+    if start is None:
         say(config, f"building the model: {weights:,} weights, about {needed / 2 ** 30:.1f} GiB "
                     f"of memory to train")
-        start = (new_model(config, len(data["x_train"])), 0, [])
+        with training.StopSignals(during="build"):  # a Ctrl-C here stops at once
+            start = (new_model(config, len(data["x_train"])), 0, [])
 
     with training.StopSignals() as signals:  # a first Ctrl-C stops after the batch
         result = train_and_evaluate(config, data, signals, output_dir, stage, start)

@@ -28,6 +28,7 @@ from digitkit.metrics import answer
 from digitkit.report import saved_record, say
 
 PAGE = Path(__file__).with_name("draw.html")
+DRAWINGS_AT_ONCE = 4  # read and classified side by side; more get 503 "busy"
 
 
 def open_drawing_server(port):
@@ -80,6 +81,8 @@ def drawing_classifier(model, class_names, min_confidence):
 
 def drawing_handler(page, classify_drawing):
     """The request handler: the page at /, drawings POSTed to /predict, 4xx for the rest."""
+    at_once = threading.BoundedSemaphore(DRAWINGS_AT_ONCE)
+
     class DrawingHandler(http.server.BaseHTTPRequestHandler):
         """GET / for the page, POST /predict for an answer; a one-line JSON error otherwise."""
 
@@ -88,8 +91,26 @@ def drawing_handler(page, classify_drawing):
         default_request_version = "HTTP/1.0"  # so even a garbled request gets a status line
         timeout = 15  # seconds a client may take over its request
 
+        def foreign(self, post=False):
+            """Refuse (403) a request not addressed to this server by its own name, as a page
+            of another site reaches it through DNS rebinding, or a POST another site's page
+            sends; True if refused."""
+            port = self.server.server_address[1]
+            ours = (f"127.0.0.1:{port}", f"localhost:{port}")
+            if self.headers.get("Host") not in ours:
+                self.refuse(403, f"this server answers only to http://{ours[0]}/ and "
+                                 f"http://{ours[1]}/")
+                return True
+            origin = self.headers.get("Origin")
+            if post and origin is not None and origin not in [f"http://{o}" for o in ours]:
+                self.refuse(403, "drawings are taken only from this server's own page")
+                return True
+            return False
+
         def do_GET(self):
             """The page; nothing else is served."""
+            if self.foreign():
+                return
             path = urlsplit(self.path).path
             if path == "/":
                 self.reply(200, page, "text/html; charset=utf-8")
@@ -102,6 +123,8 @@ def drawing_handler(page, classify_drawing):
 
         def do_POST(self):
             """Classify the PNG (or any image) in the request body."""
+            if self.foreign(post=True):
+                return
             path = urlsplit(self.path).path
             if path != "/predict":
                 return (self.refuse(405, "POST drawings to /predict", allow="GET, HEAD")
@@ -115,10 +138,17 @@ def drawing_handler(page, classify_drawing):
             if length > DRAWING_MAX_BYTES:
                 self.close_connection = True  # the body is never read
                 return self.refuse(413, f"a drawing is at most {DRAWING_MAX_BYTES:,} bytes")
-            body = self.rfile.read(length)
-            if len(body) < length:
-                return self.refuse(400, "the body is shorter than its Content-Length")
-            status, result = classify_drawing(body)
+            if not at_once.acquire(blocking=False):  # memory stays bounded however many come
+                self.close_connection = True
+                return self.refuse(503, f"busy: {DRAWINGS_AT_ONCE} drawings are being read; "
+                                        f"try again")
+            try:
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    return self.refuse(400, "the body is shorter than its Content-Length")
+                status, result = classify_drawing(body)
+            finally:
+                at_once.release()
             self.reply(status, json.dumps(result).encode(), "application/json")
 
         def __getattr__(self, name):

@@ -26,9 +26,11 @@ class StopSignals:
     """What SIGINT and SIGTERM do while installed; a second one always exits at once.
 
     While training (the default), the first asks training to stop after this batch, and the
-    run then evaluates and reports the model as it stands. While writing reports
-    (during="reports"), the first stops the run there: the files already written are kept,
-    the one being written is dropped whole (every file is written atomically), exit 130.
+    run then evaluates and reports the model as it stands. Anywhere else (during="build",
+    "reports"), the first stops the run at once (exit 130); no file is left half-written, as
+    every file is written atomically. A KeyboardInterrupt can be lost on its way (one raised
+    inside a garbage-collection callback, such as JAX's, is only printed as "ignored"), so
+    leaving the block raises it again if a signal came and nothing was raised.
     """
 
     def __init__(self, during="training"):
@@ -42,10 +44,12 @@ class StopSignals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
-        """Restore the previous handlers."""
+    def __exit__(self, exc_type, exc, traceback):
+        """Restore the previous handlers; stop now if a stop-at-once signal got lost."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.during != "training" and self.received and exc_type is None:
+            raise KeyboardInterrupt
 
     def _handle(self, signum, frame):
         """First signal: stop as this phase allows; second: exit now."""
@@ -57,8 +61,9 @@ class StopSignals:
             print(f"\n{self.received} received: stopping after this batch "
                   f"(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
             return
-        print(f"\n{self.received} received: stopping; the files already written are kept "
-              f"(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        kept = "; the files already written are kept" if self.during == "reports" else ""
+        print(f"\n{self.received} received: stopping{kept} (press Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
         raise KeyboardInterrupt
 
 

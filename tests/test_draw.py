@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -185,21 +186,59 @@ def test_blank_drawings_are_answered_blank_not_guessed(server):
 def test_oversized_and_unsized_bodies_are_refused_unread(server):
     port, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n" +
-                    b"\0" * 1000)  # never sends the other 49,999,000 bytes
+        raw.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+                    + b"Content-Length: 50000000\r\n\r\n" + b"\0" * 1000)  # never sends the rest
         assert raw.recv(100).startswith(b"HTTP/1.0 413")
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"5\r\nhello\r\n0\r\n\r\n")
+        raw.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+                    + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         assert raw.recv(100).startswith(b"HTTP/1.0 411")
     for _ in range(20):  # clients that hang up at once (RST): no traceback on the server
         with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 5000)
+            raw.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+                        + b"\0" * 5000)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
         raw.sendall(b"GET / NOT-HTTP\r\n\r\n")
         assert raw.recv(100).startswith(b"HTTP/1.0 400")
     assert request(port, "POST", "/predict", a_one())[0] == 200
+
+
+def test_only_requests_to_this_server_by_its_own_name_are_answered(server):
+    port, _ = server
+    # A page of another site that rebinds its name to 127.0.0.1 arrives under its own name.
+    for method, path, body in (("GET", "/", None), ("POST", "/predict", a_one())):
+        status, reply, _ = request(port, method, path, body, {"Host": f"evil.example:{port}"})
+        assert status == 403 and "answers only to" in reply["error"]
+    assert request(port, "GET", "/", headers={"Host": f"localhost:{port}"})[0] == 200
+    # Another site's page posting a drawing (a "simple" text/plain request needs no preflight).
+    status, reply, _ = request(port, "POST", "/predict", a_one(),
+                               {"Origin": "https://evil.example", "Content-Type": "text/plain"})
+    assert status == 403 and "own page" in reply["error"]
+    status, _, _ = request(port, "POST", "/predict", a_one(),
+                           {"Origin": f"http://127.0.0.1:{port}"})
+    assert status == 200
+
+
+def test_drawings_beyond_those_read_at_once_are_told_to_come_back(server):
+    from digitkit.draw import DRAWINGS_AT_ONCE
+
+    port, _ = server
+    stalled = []
+    try:
+        for _ in range(DRAWINGS_AT_ONCE):  # each sends its headers and half its body, then waits
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+            raw.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                        f"Content-Length: 1000\r\n\r\n".encode() + b"\0" * 500)
+            stalled.append(raw)
+        time.sleep(0.5)  # the server has read their headers and waits on their bodies
+        status, reply, _ = request(port, "POST", "/predict", a_one())
+        assert status == 503 and "busy" in reply["error"]
+    finally:
+        for raw in stalled:
+            raw.close()
+    time.sleep(0.5)
+    assert request(port, "POST", "/predict", a_one())[0] == 200  # room again
 
 
 def test_a_burst_of_requests_is_answered_without_growing_memory(server):

@@ -318,3 +318,15 @@ def test_sigint_while_writing_reports_stops_keeping_complete_files(tmp_path, syn
     assert record["epochs_completed"] == 2 and not record["interrupted"]
     assert json_history_of(out) == pytest.approx(record["history"]["loss"], rel=1e-5)
 
+
+
+def test_a_stop_at_once_is_not_lost_when_its_interrupt_is_swallowed():
+    from digitkit import training
+
+    with pytest.raises(KeyboardInterrupt):
+        with training.StopSignals(during="build"):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler raises in here
+            except KeyboardInterrupt:
+                pass  # dropped, as Python drops one raised in a gc callback (JAX has one)

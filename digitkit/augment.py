@@ -14,6 +14,7 @@ from keras import ops
 
 from digitkit.config import IMAGE_SHAPE
 
+
 @keras.saving.register_keras_serializable(package="digit_classifier")
 class RandomDistortion(keras.layers.Layer):
     """Random affine and elastic distortion of (batch, height, width) images, training only.

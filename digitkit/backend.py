@@ -14,6 +14,7 @@ import numpy as np
 
 from digitkit.config import RunError
 
+
 class NativeStderrSilenced:
     """Point file descriptor 2 at /dev/null: TensorFlow's C++ start-up logging ignores
     TF_CPP_MIN_LOG_LEVEL (it logs before reading it) and would otherwise greet every run

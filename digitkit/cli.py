@@ -16,6 +16,7 @@ from digitkit.config import (AUGMENTATIONS, DATASETS, DRAW_PORT, MAX_EPOCHS, MAX
                              format_hidden)
 from digitkit.report import recorded_data
 
+
 class Parser(argparse.ArgumentParser):
     """argparse, but usage errors are a single line on stderr (exit 2)."""
 

@@ -22,6 +22,7 @@ from digitkit.report import (build_record, percent_spread, print_tensorboard_com
                              write_html_report)
 from digitkit.training import StopSignals
 
+
 def run_figures(result, seed):
     """One run's headline figures, as repeats and comparisons tabulate them."""
     training, scores = result["training"], result["scores"]

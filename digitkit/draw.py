@@ -21,8 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from digitkit import backend
-from digitkit.config import (DATASETS, DRAWING_MAX_BYTES, IMAGE_SHAPE,
-                             RunError)
+from digitkit.config import (DATASETS, DRAWING_MAX_BYTES, RunError)
 from digitkit.images import BlankImageError, ImageError, decode_image, to_mnist_format
 from digitkit.metrics import answer
 from digitkit.report import saved_record, say
@@ -216,7 +215,6 @@ def run_draw(config, model_path, port, min_confidence):
         model, trained_on = saved.load_saved_model(model_path, config)
         classify_drawing = drawing_classifier(model, DATASETS[trained_on]["classes"],
                                               min_confidence)
-        model.predict_on_batch(np.zeros((1, *IMAGE_SHAPE), np.float32))  # traced before serving
         server.RequestHandlerClass = drawing_handler(drawing_page(model_path, min_confidence),
                                                      classify_drawing)
         host, port = server.server_address[:2]

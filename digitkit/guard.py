@@ -25,6 +25,7 @@ try:
 except ImportError:  # Windows: no advisory locks; runs are not guarded there
     fcntl = None
 
+
 def write_atomically(path, write):
     """Call write(tmp) on a temporary file beside path, then rename it into place."""
     path = Path(path)
@@ -78,6 +79,7 @@ RUN_FILES = ("model.keras", "metrics.json", "report.html", "history.csv", "confu
              "confusion_matrix_normalized.png", "training_curves.png", "misclassified.png",
              "calibration.png", "robustness.png", "corruptions.png", "samples.png")
 LOCK_NAME = ".digit_classifier.lock"
+CHECKPOINT_DIR = "checkpoint"  # in the output folder: an unfinished run's last epoch
 HELD_LOCKS = {}  # resolved output directory -> (its open, locked lock file, whether new)
 
 
@@ -287,17 +289,25 @@ def check_installed(config):
                        "pip install -r requirements.txt")
 
 
-def refuse_unfinished_run(output_dir, config):
-    """Refuse to train afresh over a run that left a checkpoint, unless --resume continues it."""
-    state = Path(output_dir) / "checkpoint" / "state.json"
-    if config.resume or not state.is_file():
-        return
+def checkpoint_state(output_dir):
+    """The state.json of the checkpoint an unfinished run left in output_dir (its last
+    finished epoch, for --resume), or None when there is none."""
+    state = Path(output_dir) / CHECKPOINT_DIR / "state.json"
+    if not state.is_file():
+        return None
     try:
-        done = json.loads(state.read_text()).get("epochs_done", "?")
+        return json.loads(state.read_text())
     except (OSError, ValueError) as err:
         raise RunError(f"{state}: unreadable checkpoint ({err})") from None
-    raise RunError(f"{state.parent} holds an unfinished run ({done} of its epochs done); "
-                   f"pass --resume to continue it, or delete it to start over")
+
+
+def refuse_unfinished_run(output_dir, config):
+    """Refuse to train afresh over a run that left a checkpoint, unless --resume continues it."""
+    state = None if config.resume else checkpoint_state(output_dir)
+    if state is not None:
+        raise RunError(f"{Path(output_dir) / CHECKPOINT_DIR} holds an unfinished run "
+                       f"({state.get('epochs_done', '?')} of its epochs done); pass --resume "
+                       f"to continue it, or delete it to start over")
 
 
 def exit_status(run, *args):

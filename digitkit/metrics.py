@@ -8,6 +8,7 @@ import numpy as np
 
 from digitkit.config import NUM_CLASSES
 
+
 def score(probabilities, labels):
     """Metrics from predicted class probabilities and true labels."""
     predicted = probabilities.argmax(axis=1)

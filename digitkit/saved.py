@@ -46,6 +46,7 @@ def load_saved_model(path, config):
     if input_shape != IMAGE_SHAPE or output_shape != (NUM_CLASSES,):
         raise RunError(f"{path}: model maps {input_shape} to {output_shape}, not 28x28 images "
                        f"to 10 classes; {train_first(config, path)}")
+    # One blank image: checks the outputs, and traces the model before --draw serves it.
     blank = np.asarray(model.predict_on_batch(np.zeros((1, *IMAGE_SHAPE), np.float32)))[0]
     if not (np.all(blank >= 0) and abs(float(blank.sum()) - 1) < 1e-3):
         raise RunError(f"{path}: the model's outputs are not probabilities (one image's sum to "

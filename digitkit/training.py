@@ -6,7 +6,6 @@ early stopping and TensorBoard. Imports Keras at its top: import this module onl
 backend.start.
 """
 
-import json
 import math
 import os
 import signal
@@ -18,7 +17,8 @@ import numpy as np
 
 from digitkit import augment  # noqa: F401  registers RandomDistortion, so checkpoints load
 from digitkit.config import RunError, format_hidden, one_line, resume_fingerprint
-from digitkit.guard import write_atomically, write_history_csv, write_json
+from digitkit.guard import (CHECKPOINT_DIR, checkpoint_state, write_atomically,
+                            write_history_csv, write_json)
 from digitkit.report import tensorboard_logs
 
 
@@ -79,7 +79,8 @@ class Checkpoint:
     """
 
     def __init__(self, output_dir):
-        self.directory = Path(output_dir) / "checkpoint"
+        self.output_dir = Path(output_dir)
+        self.directory = self.output_dir / CHECKPOINT_DIR
         self.state_path = self.directory / "state.json"
 
     def exists(self):
@@ -88,10 +89,7 @@ class Checkpoint:
 
     def read_state(self):
         """The checkpoint's state.json as a dict."""
-        try:
-            return json.loads(self.state_path.read_text())
-        except (OSError, ValueError) as err:
-            raise RunError(f"{self.state_path}: unreadable checkpoint ({err})") from None
+        return checkpoint_state(self.output_dir)
 
     def save(self, model, epochs_done, history, config):
         """Write the model first, then the state that points at it, each atomically."""

@@ -17,6 +17,7 @@ from digitkit.config import CALIBRATION_BINS, CONFIDENCE_LEVELS, EVAL_BATCH_SIZE
 from digitkit.metrics import negative_log_likelihood
 from digitkit.networks import networks
 
+
 def network_logits(model, images):
     """Each network's pre-softmax outputs, (networks, images, classes), in float64.
 

@@ -8,6 +8,7 @@
 #     "seaborn>=0.13,<0.14",
 #     "pillow>=10,<13",
 #     "tensorboard>=2.16,<2.22",
+#     "optuna>=5.0,<6",
 # ]
 # ///
 """Train a dense neural network on MNIST (or Fashion-MNIST), evaluate it, and report.
@@ -18,6 +19,7 @@
     python digit_classifier.py --draw                       # draw a digit in the browser
     python digit_classifier.py --compare 100 100,100 512,256 --repeats 3
     python digit_classifier.py --preset best                # 5 dense nets, elastic distortion
+    python digit_classifier.py --tune 20                    # search the settings with Optuna
 
 This file is the recipe, in the order a run goes; the package digitkit/ beside it holds the
 extras, each one named call:
@@ -39,7 +41,8 @@ extras, each one named call:
 Around them: guard rails (a lock per output folder, the memory check, files written whole:
 digitkit/guard.py) and the Keras backend (digitkit/backend.py). The other modes are one call
 each: --evaluate and --predict (digitkit/saved.py), --draw (digitkit/draw.py), --compare and
---repeats (digitkit/compare.py).
+--repeats (digitkit/compare.py), --tune (digitkit/tuning.py, whose best trial then trains
+through run_training).
 
 Keras fixes its backend (--backend) when it is first imported, so Keras and the package
 modules that need it are imported inside the functions below, after backend.start(): --help
@@ -48,13 +51,14 @@ here, and the reports name the device that trained.
 """
 
 import math
+import os
 import sys
 import time
 
 import numpy as np
 
 from digitkit import backend, cli, data, guard, metrics, report
-from digitkit.config import AUGMENTATIONS, DATASETS, IMAGE_SHAPE, NUM_CLASSES
+from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES, distortion
 from digitkit.report import say, timed
 
 
@@ -98,8 +102,9 @@ def build_network(config, name="network"):
     from digitkit import augment
 
     stack = [keras.Input(shape=IMAGE_SHAPE)]
-    if config.augment:  # random distortions of every training batch; none outside training
-        stack.append(augment.RandomDistortion(**AUGMENTATIONS[config.augment], name="distort"))
+    if config.augment and config.augment_strength > 0:  # every training batch; never in use
+        shapes = distortion(config.augment, config.augment_strength)
+        stack.append(augment.RandomDistortion(**shapes, name="distort"))
     if config.deskew:  # after the distortion, so the network always sees upright digits
         stack.append(augment.deskew_model())
     stack.append(keras.layers.Flatten())
@@ -215,7 +220,7 @@ def save_reports(output_dir, config, data, result, timing):
         networks.save_model(result["final"], output_dir / "model.keras", config.dataset)
     with timed(timing, "robustness_seconds"):
         robust = trust.robustness(result["final"], data["x_test"], data["y_test"],
-                                  scores["test_accuracy"])
+                                  via_logits=True)
     with timed(timing, "report_seconds"):
         images = [plots.plot_confusion_matrix(
             scores["confusion_matrix"], dataset["classes"],
@@ -226,16 +231,17 @@ def save_reports(output_dir, config, data, result, timing):
     return images, robust
 
 
-def run_training(config):
+def run_training(config, search=None):
     """The recipe end to end: every step above, the guard rails around them. Returns the
-    exit status."""
+    exit status. search: a finished --tune search, whose best settings config holds, to
+    report with the run."""
     started = time.perf_counter()
     needed, weights = guard.check_memory(config)  # a network too large fails before TensorFlow
     output_dir = guard.prepare_output_dir(config.output_dir, lock=True, what="training")
     guard.refuse_unfinished_run(output_dir, config)
     stage = guard.staging_dir(output_dir)  # this run's files, published together at the end
     data, dataset_info, timing = load_data(config)
-    from digitkit import compare, training
+    from digitkit import training
 
     checkpoint = training.Checkpoint(output_dir)
     start = None
@@ -267,11 +273,19 @@ def run_training(config):
     # the checkpoint lets --resume write the reports without training again.
     with training.StopSignals(during="reports"):
         images, robust = save_reports(stage, config, data, result, timing)
+        tuned = None
+        if search is not None:  # tuning.csv and the search's pictures, beside the run's
+            from digitkit import tuning
+
+            tuning_images, tuned = tuning.write_reports(stage, search)
+            images += tuning_images
         if result["members"]:
             say(config, "committee members' test accuracy: " + ", ".join(
                 f"{accuracy:.2%}" for accuracy in result["members"]))
         repeats = None
         if config.repeats > 1 and not trained["interrupted"]:
+            from digitkit import compare
+
             repeats = compare.run_repeats(train_and_evaluate, config, data,
                                           compare.run_figures(result, config.seed))
         timing["total_seconds"] = round(time.perf_counter() - started, 3)
@@ -279,10 +293,11 @@ def run_training(config):
             config, dataset_info, result["scores"], training=trained, timing=timing,
             architecture=result["architecture"], parameters=result["parameters"],
             member_test_accuracy=result["members"], repeats=repeats,
-            calibration=result["calibration"], robustness=robust)
+            calibration=result["calibration"], robustness=robust, tuning=tuned)
         written = [*images, report.write_html_report(stage / "report.html", record, images),
                    guard.write_json(stage / "metrics.json", record), stage / "model.keras"]
         written += [stage / "history.csv"] if trained["history"] else []
+        written += [stage / "tuning.csv"] if tuned else []
         moved = guard.publish(stage, output_dir)
         if not trained["interrupted"]:
             checkpoint.remove()
@@ -305,6 +320,14 @@ def run(mode, config, options):
     guard.check_installed(config)
     if mode == "train":
         return run_training(config)
+    if mode == "tune":  # a search, then its best trial trained as above
+        from digitkit import tuning
+
+        output_dir = guard.prepare_output_dir(config.output_dir, lock=True, what="tuning")
+        search = tuning.open_study(config, options, output_dir)  # before TensorFlow loads
+        data, _, _ = load_data(config)
+        best = tuning.search(search, config, data, new_model, fit)
+        return 130 if best is None else run_training(best, search)
     started = time.perf_counter()
     if mode in ("predict", "draw", "evaluate"):
         guard.require_model_file(options["model"], config)  # fails before any slow import
@@ -324,8 +347,9 @@ def run(mode, config, options):
         guard.check_memory(config, options["specs"])
     output_dir = guard.prepare_output_dir(config.output_dir, lock=True,
                                           what="evaluation" if mode == "evaluate" else mode)
-    if mode == "evaluate":  # its reports go beside the run's own, never over them
-        output_dir = guard.prepare_output_dir(output_dir / "evaluation")
+    # Their reports go in a folder of their own, beside a training run's, never over them.
+    output_dir = guard.prepare_output_dir(output_dir / ("evaluation" if mode == "evaluate"
+                                                        else "comparison"))
     if mode == "evaluate" and options["recorded"]:
         say(config, f"data: {config.data_dir or 'the Keras download'} ({config.dataset}), "
                     f"as recorded by the run that saved {options['model']}")
@@ -348,4 +372,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every file is written and closed, every lock released: skip the interpreter's teardown,
+    # where TensorFlow spends about two seconds tidying up memory the process gives back anyway.
+    os._exit(status)

@@ -20,26 +20,26 @@ class RandomDistortion(keras.layers.Layer):
     """Random affine and elastic distortion of (batch, height, width) images, training only.
 
     One bilinear resampling per image: each output pixel reads the input at its own
-    position rotated (+-rotation degrees), scaled (1 +- zoom, x and y independently),
-    shifted (+-shift pixels) and, when elastic > 0, displaced by a random field smoothed
-    with a Gaussian of sigma pixels and scaled by elastic (Simard et al., 2003). Pixels
-    read from outside the image are 0. Outside training the layer passes images through.
-    Keras' own RandomElasticTransform is not used: it draws the x and y fields from one
-    seed, so every displacement points along the diagonal, and it loops over the batch in
-    Python.
+    position mirrored left to right (half the images, when flip), rotated (+-rotation
+    degrees), scaled (1 +- zoom, x and y independently), shifted (+-shift pixels) and,
+    when elastic > 0, displaced by a random field smoothed with a Gaussian of sigma pixels
+    and scaled by elastic (Simard et al., 2003). Pixels read from outside the image are 0.
+    Outside training the layer passes images through. Keras' own RandomElasticTransform is
+    not used: it draws the x and y fields from one seed, so every displacement points along
+    the diagonal, and it loops over the batch in Python.
     """
 
     def __init__(self, rotation=0.0, zoom=0.0, shift=0.0, elastic=0.0, sigma=4.0,
-                 seed=None, **kwargs):
+                 flip=False, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.rotation, self.zoom, self.shift = rotation, zoom, shift
+        self.rotation, self.zoom, self.shift, self.flip = rotation, zoom, shift, flip
         self.elastic, self.sigma, self.seed = elastic, sigma, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def get_config(self):
         return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom,
                 "shift": self.shift, "elastic": self.elastic, "sigma": self.sigma,
-                "seed": self.seed}
+                "flip": self.flip, "seed": self.seed}
 
     def uniform(self, shape, limit):
         """Uniform noise in -limit..limit, from the layer's own seed generator."""
@@ -65,6 +65,8 @@ class RandomDistortion(keras.layers.Layer):
         angle = self.uniform((batch, 1, 1), math.radians(self.rotation))
         scale_y = 1.0 + self.uniform((batch, 1, 1), self.zoom)
         scale_x = 1.0 + self.uniform((batch, 1, 1), self.zoom)
+        if self.flip:  # a negative x scale about the centre mirrors the image
+            scale_x = ops.where(self.uniform((batch, 1, 1), 1.0) < 0, -scale_x, scale_x)
         shift_y = self.uniform((batch, 1, 1), self.shift)
         shift_x = self.uniform((batch, 1, 1), self.shift)
         cos, sin = ops.cos(angle), ops.sin(angle)

@@ -11,9 +11,10 @@ import math
 import textwrap
 from pathlib import Path
 
-from digitkit.config import (AUGMENTATIONS, DATASETS, DRAW_PORT, MAX_EPOCHS, MAX_SEED,
-                             MAX_STEPS_PER_EXECUTION, MIN_CONFIDENCE, PRESETS, Config,
-                             format_hidden)
+from digitkit.config import (AUGMENTATIONS, DATASET_DEFAULTS, DATASETS, DRAW_PORT, MAX_EPOCHS,
+                             MAX_SEED, MAX_STEPS_PER_EXECUTION, MIN_CONFIDENCE, PRESETS,
+                             TUNE_SPACE, Config, RunError, format_hidden)
+from digitkit.guard import checkpoint_state
 from digitkit.report import recorded_data
 
 
@@ -52,6 +53,33 @@ seed_number = checked(int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to 
 epoch_count = checked(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
 steps_count = checked(int, lambda v: 1 <= v <= MAX_STEPS_PER_EXECUTION,
                       f"an integer from 1 to {MAX_STEPS_PER_EXECUTION:,}")
+strength = checked(float, lambda v: 0 <= v <= 10, "a number from 0 to 10")
+
+
+def tune_range(text):
+    """NAME=LOW:HIGH for --tune-range, inside the range --tune would search by default."""
+    name, _, bounds = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if name not in TUNE_SPACE:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=LOW:HIGH with NAME one of {', '.join(TUNE_SPACE)}, got {text!r}")
+    low, high, _ = TUNE_SPACE[name]
+    kind = int if isinstance(low, int) else float
+    try:
+        values = tuple(kind(part) for part in bounds.split(":"))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not low <= values[0] <= values[1] <= high:
+        raise argparse.ArgumentTypeError(
+            f"expected {name}=LOW:HIGH with {low:g} <= LOW <= HIGH <= {high:g}, got {text!r}")
+    if name == "batch_size" and not batch_powers(*values):
+        raise argparse.ArgumentTypeError(f"no power of two from {values[0]} to {values[1]}")
+    return name, values
+
+
+def batch_powers(low, high):
+    """The powers of two from low to high: the batch sizes --tune tries."""
+    return [2 ** k for k in range(math.ceil(math.log2(low)), math.floor(math.log2(high)) + 1)]
 
 
 def path_text(text):
@@ -69,6 +97,28 @@ def hidden_spec(text):
         return tuple(positive_int(part) for part in text.split(","))
     except argparse.ArgumentTypeError as err:
         raise argparse.ArgumentTypeError(f"bad architecture {text!r}: {err}") from None
+
+
+def resumed_settings(args):
+    """The settings the checkpoint in the output folder was made with ({} when there is none,
+    or it cannot be read: the run then says so), so that --resume continues that run even
+    where today's defaults differ from the ones it started with."""
+    try:
+        state = checkpoint_state(Path(args.get("output_dir", Config.output_dir)))
+    except RunError:
+        return {}
+    saved = (state or {}).get("config", {})
+    return {key: tuple(value) if key == "hidden" else value for key, value in saved.items()}
+
+
+def dataset_defaults(field):
+    """'; fashion-mnist: flip' for each dataset whose default for field differs."""
+    def shown(value):
+        """A default as --help shows it."""
+        return "none" if value is None else f"{value:g}" if isinstance(value, float) else value
+
+    return "".join(f"; {name}: {shown(values[field])}"
+                   for name, values in DATASET_DEFAULTS.items() if field in values)
 
 
 def build_parser():
@@ -97,11 +147,33 @@ def build_parser():
                            "in OUTPUT_DIR/evaluation")
     mode.add_argument("--compare", nargs="+", metavar="SPEC", type=hidden_spec,
                       help="train one network per SPEC of comma-separated hidden widths "
-                           "(e.g. 100 100,100 512,256; 'none' for no hidden layer) and compare")
+                           "(e.g. 100 100,100 512,256; 'none' for no hidden layer) and compare "
+                           "them in OUTPUT_DIR/comparison")
+    mode.add_argument("--tune", type=positive_int, metavar="N",
+                      help="search N trials with Optuna for the settings below that no flag "
+                           "gives (scored on the validation split), then train the best as a "
+                           "run; the same command again continues the search")
+
+    tune = parser.add_argument_group(
+        "with --tune", "searched by default: " + "; ".join(
+            f"{name} {low:g}-{high:g} ({how})" for name, (low, high, how) in TUNE_SPACE.items())
+        + ". A flag that sets one (--hidden sets layers and width) takes it out of the search.")
+    tune.add_argument("--tune-minutes", type=positive_float, metavar="M",
+                      help="start no new trial after M minutes (default: no limit)")
+    tune.add_argument("--tune-range", action="append", type=tune_range, metavar="NAME=LOW:HIGH",
+                      help="search NAME only from LOW to HIGH, e.g. width=64:512 (repeatable)")
+    tune.add_argument("--tune-storage", metavar="URL",
+                      help="the study's database: any URL Optuna accepts, e.g. postgresql://"
+                           "user:password@host/db; every machine given the same URL and "
+                           "--study-name works on one search (default: sqlite file "
+                           "OUTPUT_DIR/tuning.db)")
+    tune.add_argument("--study-name", metavar="NAME",
+                      help="the study in that database (default: digit_classifier)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=sorted(DATASETS),
-                      help=f"which dataset (default: {d.dataset})")
+                      help=f"which dataset (default: {d.dataset}); each brings its own "
+                           f"defaults, shown below as 'dataset: value'")
     data.add_argument("--data-dir", metavar="DIR", type=path_text,
                       help="read the four IDX files (plain or .gz) or an mnist.npz from DIR "
                            "instead of downloading (default: Keras' download and cache)")
@@ -114,13 +186,18 @@ def build_parser():
                        help=f"widths of the Dense ReLU hidden layers; none for softmax regression "
                             f"(default: {' '.join(map(str, d.hidden))})")
     model.add_argument("--dropout", type=fraction, metavar="RATE",
-                       help=f"fraction of units dropped after each hidden layer (default: {d.dropout})")
+                       help=f"fraction of units dropped after each hidden layer (default: "
+                            f"{d.dropout}{dataset_defaults('dropout')})")
     model.add_argument("--augment", nargs="?", const="affine",
                        choices=[*sorted(AUGMENTATIONS), "none"],
                        help="randomly distort training images: affine shifts (+-2 px), rotates "
                             "(+-10 degrees) and scales (+-10%%); elastic adds an elastic "
-                            f"warp; none trains on the images as they are (default: {d.augment}; "
-                            "--augment alone: affine)")
+                            "warp; flip mirrors half of them left to right; none trains on "
+                            f"the images as they are (default: {d.augment}"
+                            f"{dataset_defaults('augment')}; --augment alone: affine)")
+    model.add_argument("--augment-strength", type=strength, metavar="S",
+                       help="scale the distortion's shifts, angles and zoom by S "
+                            f"(default: {d.augment_strength:g})")
     model.add_argument("--deskew", action=argparse.BooleanOptionalAction,
                        help="deskew every image by its moments inside the model, in training "
                             "and in use (default: off; on in --preset best)")
@@ -131,11 +208,13 @@ def build_parser():
     training = parser.add_argument_group("training")
     training.add_argument("--preset", choices=sorted(PRESETS),
                           help="a named set of the options below (default: none)")
-    training.add_argument("--epochs", type=epoch_count, help=f"training epochs (default: {d.epochs})")
+    training.add_argument("--epochs", type=epoch_count,
+                          help=f"training epochs (default: {d.epochs}{dataset_defaults('epochs')})")
     training.add_argument("--batch-size", type=positive_int,
                           help=f"images per training step (default: {d.batch_size})")
     training.add_argument("--learning-rate", type=positive_float, metavar="RATE",
-                          help=f"Adam's (peak) learning rate (default: {d.learning_rate:g})")
+                          help=f"Adam's (peak) learning rate (default: {d.learning_rate:g}"
+                               f"{dataset_defaults('learning_rate')})")
     training.add_argument("--lr-schedule", choices=("constant", "cosine"),
                           help=f"constant, or cosine decay to 0 over training (default: {d.lr_schedule})")
     training.add_argument("--warmup-epochs", type=nonnegative_int, metavar="N",
@@ -187,8 +266,8 @@ def parse_command_line(argv=None):
     """Parse and cross-check the flags; return (mode, config, options) or exit 2."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    mode = next((name for name in ("predict", "draw", "evaluate", "compare") if name in args),
-                "train")
+    mode = next((name for name in ("predict", "draw", "evaluate", "compare", "tune")
+                 if name in args), "train")
 
     def refuse(flag, reason):
         """Fail with a usage error if flag was given."""
@@ -205,6 +284,9 @@ def parse_command_line(argv=None):
         refuse("model", "only with --predict, --draw or --evaluate")
     if mode != "train":
         refuse("resume", "only when training")
+    if mode != "tune":
+        for flag in ("tune_minutes", "tune_range", "tune_storage", "study_name"):
+            refuse(flag, "only with --tune")
     if mode not in ("train", "compare"):
         refuse("tensorboard", "only when training or comparing")
     if mode in ("predict", "draw", "evaluate"):
@@ -215,7 +297,13 @@ def parse_command_line(argv=None):
         refuse("hidden", "not with --compare, whose SPECs give the hidden layers")
 
     fields = {f.name for f in dataclasses.fields(Config)}
-    values = dict(PRESETS.get(args.get("preset"), {}))
+    # The dataset's own defaults, then the preset's, then the flags given: the last wins.
+    values = dict(DATASET_DEFAULTS[args.get("dataset", Config.dataset)])
+    values.update(PRESETS.get(args.get("preset"), {}))
+    given = {key for key in (*PRESETS.get(args.get("preset"), {}), *args) if key in fields}
+    if mode == "train" and "resume" in args:  # the unfinished run's own settings, unless given
+        values.update({key: value for key, value in resumed_settings(args).items()
+                       if key in fields and key not in given})
     values.update({key: value for key, value in args.items() if key in fields})
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
@@ -240,8 +328,15 @@ def parse_command_line(argv=None):
                      f"{config.seed + config.repeats - 1} go past {MAX_SEED}, the largest seed")
     if config.repeats > 1 and config.resume:
         parser.error("argument --resume: not with --repeats")
+    if mode == "tune" and config.validation_split == 0:
+        parser.error("argument --tune: trials are scored on the validation split; give "
+                     "--validation-split above 0")
     options = dict(specs=args.get("compare"), images=args.get("predict"),
                    json=args.get("json", False),
                    min_confidence=args.get("min_confidence", MIN_CONFIDENCE),
-                   model=model_path, recorded=recorded, port=args.get("port", DRAW_PORT))
+                   model=model_path, recorded=recorded, port=args.get("port", DRAW_PORT),
+                   tune=args.get("tune"), tune_minutes=args.get("tune_minutes"),
+                   tune_ranges=dict(args.get("tune_range", ())),
+                   tune_storage=args.get("tune_storage"), study_name=args.get("study_name"),
+                   given=given)
     return mode, config, options

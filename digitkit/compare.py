@@ -15,7 +15,7 @@ import keras
 import matplotlib.pyplot as plt
 
 from digitkit.config import DATASETS, format_hidden
-from digitkit.guard import write_csv, write_json, write_text
+from digitkit.guard import publish, staging_dir, write_csv, write_json, write_text
 from digitkit.metrics import spread
 from digitkit.plots import save_figure
 from digitkit.report import (build_record, percent_spread, print_tensorboard_command, say,
@@ -53,7 +53,9 @@ def run_repeats(pipeline, config, data, first_run):
         runs = [first_run] + train_seeds(pipeline, config, data,
                                          range(config.seed + 1, config.seed + config.repeats),
                                          signals)
-    summary = spread(runs, ("test_accuracy", "test_loss", "train_seconds"))
+    validated = all(run["val_accuracy"] is not None for run in runs)
+    summary = spread(runs, ("val_accuracy",) * validated
+                     + ("test_accuracy", "test_loss", "train_seconds"))
     summary["interrupted"] = signals.received is not None
     say(config, f"test accuracy over {len(runs)} seeds: {summary['test_accuracy_mean']:.4%} "
                 f"± {summary['test_accuracy_std']:.4%} (mean ± standard deviation)")
@@ -125,13 +127,17 @@ def run_comparison(pipeline, config, specs, output_dir, data, dataset_info, timi
         print("interrupted before any architecture finished; nothing written", file=sys.stderr)
         return 130
     with StopSignals(during="reports"):
-        table = write_comparison(output_dir, rows, DATASETS[config.dataset]["title"])
+        stage = staging_dir(output_dir)  # published whole; an earlier comparison moves aside
+        table = write_comparison(stage, rows, DATASETS[config.dataset]["title"])
         timing["total_seconds"] = round(time.perf_counter() - started, 3)
         record = build_record(config, dataset_info, timing=timing, comparison=rows)
         record["interrupted"] = signals.received is not None
-        write_json(output_dir / "comparison.json", record)
-        write_html_report(output_dir / "report.html", record, [output_dir / "comparison.png"])
+        write_json(stage / "comparison.json", record)
+        write_html_report(stage / "report.html", record, [stage / "comparison.png"])
+        moved = publish(stage, output_dir)
     if not config.quiet:
+        if moved:
+            print(f"the previous comparison's files are now in {moved}")
         print("\n" + "\n".join(table))
         print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png, "
               f"comparison.json, report.html")

@@ -77,7 +77,9 @@ STAGING_DIRS = []  # this process's unpublished run folders, dropped if the run 
 # The files of one training run, which belong together: published, or moved aside, as a set.
 RUN_FILES = ("model.keras", "metrics.json", "report.html", "history.csv", "confusion_matrix.png",
              "confusion_matrix_normalized.png", "training_curves.png", "misclassified.png",
-             "calibration.png", "robustness.png", "corruptions.png", "samples.png")
+             "calibration.png", "robustness.png", "corruptions.png", "samples.png",
+             "tuning.csv", "tuning_history.png", "tuning_importance.png", "comparison.csv",
+             "comparison.md", "comparison.png", "comparison.json")
 LOCK_NAME = ".digit_classifier.lock"
 CHECKPOINT_DIR = "checkpoint"  # in the output folder: an unfinished run's last epoch
 HELD_LOCKS = {}  # resolved output directory -> (its open, locked lock file, whether new)
@@ -278,6 +280,9 @@ def train_first(config, model_path):
 
 def require_model_file(path, config):
     """Fail before any slow import when the saved model is not there."""
+    if Path(path).exists() and not Path(path).is_file():  # a folder, a device, a pipe
+        raise RunError(f"{path}: not a file; a saved model is the model.keras file a "
+                       f"training run writes")
     if not Path(path).is_file():
         raise RunError(f"{path}: no saved model there; {train_first(config, path)}")
 

@@ -229,7 +229,7 @@ def plot_robustness(robustness_record, dataset_title, path):
                 label=f"{name} ({result['parameter']}: "
                       f"{', '.join(map(str, result['levels']))})")
     ax.axhline(100 * clean, color="black", linestyle="--", linewidth=1,
-               label=f"clean test set ({clean:.2%})")
+               label=f"clean ({clean:.2%} of the {robustness_record['images']:,} test images)")
     ax.set_xticks(range(4), ["clean", "1", "2", "3"])
     ax.set_xlabel("severity")
     ax.set_ylabel("test accuracy (%)")

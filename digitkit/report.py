@@ -18,7 +18,7 @@ import numpy as np
 
 from digitkit import backend
 from digitkit.config import (DATASETS, MIN_CONFIDENCE, MISCLASSIFIED_SHOWN, config_record,
-                             format_hidden)
+                             defaults_for, format_hidden)
 from digitkit.guard import write_text
 from digitkit.metrics import per_class_rows, top_confusions
 
@@ -52,7 +52,8 @@ def build_record(config, dataset_info, scores=None, *, training=None, model_path
     """
     class_names = DATASETS[config.dataset]["classes"]
     history = training["history"] if training else []
-    record = dict(config=config_record(config), dataset=dataset_info)
+    record = dict(config=config_record(config), dataset=dataset_info,
+                  defaults=config_record(defaults_for(config.dataset)))
     if scores is not None:
         errors = int(scores["confusion_matrix"].sum() - np.trace(scores["confusion_matrix"]))
         record.update(
@@ -152,11 +153,15 @@ def write_html_report(path, record, images):
         sections.append("<h2>Calibration (test set)</h2>" + calibration_html(record["calibration"]))
     if "robustness" in record:
         robust = record["robustness"]
+        widest = max(max(result.get("interval95", [0]))
+                     for result in robust["corruptions"].values())
         sections.append(
-            f"<h2>Robustness: test accuracy under corruptions</h2><p>Clean test set: "
-            f"{robust['clean_accuracy']:.2%}; mean over the 27 corrupted sets: "
-            f'<b id="robustness-mean">{robust["mean_accuracy"]:.2%}</b> (seed {robust["seed"]}; '
-            f"definitions in the README, section \"Can I trust an answer?\").</p>" + html_table(
+            f"<h2>Robustness: test accuracy under corruptions</h2><p>On "
+            f"{robust.get('images', record['dataset']['test_size']):,} test images (a fixed "
+            f"subset, seed {robust['seed']}): clean {robust['clean_accuracy']:.2%}; mean over "
+            f'the 27 corrupted sets <b id="robustness-mean">{robust["mean_accuracy"]:.2%}</b>; '
+            f"each figure within ±{widest:.1%} at 95% confidence (definitions: docs/trust.md)."
+            f"</p>" + html_table(
                 ("corruption", "parameter", "severity 1", "severity 2", "severity 3"),
                 [(html.escape(name), html.escape(result["parameter"]), *(
                     f"{accuracy:.2%} <small>({html.escape(str(level))})</small>"
@@ -171,6 +176,8 @@ def write_html_report(path, record, images):
               percent_spread(row["test_accuracy_mean"], row["test_accuracy_std"]),
               f"{row['train_seconds_mean']:.1f} ± {row['train_seconds_std']:.1f}")
              for row in record["comparison"]]))
+    if "tuning" in record:
+        sections.append(tuning_html(record["tuning"]))
     sections.append("<h2>Figures</h2>" + "".join(
         f"<figure>{embed(p)}<figcaption>{html.escape(Path(p).name)}</figcaption></figure>"
         for p in images))
@@ -181,6 +188,20 @@ def write_html_report(path, record, images):
     status = " (interrupted)" if record["interrupted"] else ""
     return write_text(path, PAGE.substitute(title=html.escape(dataset["title"]), status=status,
                                             sections="".join(sections)))
+
+
+def tuning_html(record):
+    """--tune's part of report.html: what the search ran, and its best trials."""
+    rows = "".join(f"<tr><td>{t['number']}</td><td>{t['val_accuracy']:.2%}</td>"
+                   f"<td>{html.escape(json.dumps(t['params']))}</td></tr>"
+                   for t in record["best"])
+    return (f"<h2>Search (--tune)</h2><p>Study {html.escape(record['study'])} in "
+            f"{html.escape(record['storage'])}: {record['complete']} complete, "
+            f"{record['pruned']} pruned, {record['failed']} failed or stopped trials "
+            f"({record['seconds']:.0f} s here). The best trial below was trained again as "
+            f"this run; trials are scored on the validation split, never the test set.</p>"
+            f"<table><tr><th>trial</th><th>validation accuracy</th><th>settings</th></tr>"
+            f"{rows}</table>")
 
 
 def calibration_html(calibration):
@@ -253,9 +274,9 @@ def print_summary(record, paths, quiet):
         worst = min(((name, level, accuracy) for name, result in robust["corruptions"].items()
                      for level, accuracy in zip(result["levels"], result["accuracy"])),
                     key=lambda item: item[2])
-        print(f"robustness: mean accuracy {robust['mean_accuracy']:.2%} over 27 corrupted test "
-              f"sets (clean {robust['clean_accuracy']:.2%}); hardest: {worst[0]} "
-              f"({worst[1]}) {worst[2]:.2%}")
+        print(f"robustness: mean accuracy {robust['mean_accuracy']:.2%} over 27 corrupted sets "
+              f"of {robust['images']:,} test images (clean {robust['clean_accuracy']:.2%}); "
+              f"hardest: {worst[0]} ({worst[1]}) {worst[2]:.2%}")
     print("\nwrote:")
     for path in paths:
         print(f"  {Path(path).resolve()}")

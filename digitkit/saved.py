@@ -20,11 +20,12 @@ import numpy as np
 from digitkit import plots, trust
 from digitkit.config import (CALIBRATION_BINS, DATASETS, EVAL_BATCH_SIZE, IMAGE_SHAPE,
                              NUM_CLASSES, RunError, one_line)
-from digitkit.guard import require_model_file, train_first, write_atomically, write_json
+from digitkit.guard import (publish, require_model_file, staging_dir, train_first,
+                            write_atomically, write_json)
 from digitkit.images import ImageError, read_image, to_mnist_format, visible_entries
 from digitkit.metrics import answer, score
 from digitkit.networks import architecture, saved_dataset
-from digitkit.report import build_record, print_summary, timed, write_html_report
+from digitkit.report import build_record, print_summary, say, timed, write_html_report
 
 PREDICT_CHUNK = 512  # images read and classified at a time, so memory stays bounded
 PREDICTIONS_SHOWN = 48  # at most this many images in predictions.png
@@ -71,20 +72,25 @@ def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, s
     calibration = dict(saved_model=True, fitted=False, bins=CALIBRATION_BINS,
                        before=trust.calibration_figures(probabilities, data["y_test"]))
     with timed(timing, "robustness_seconds"):
-        robust = trust.robustness(model, data["x_test"], data["y_test"], scores["test_accuracy"])
+        robust = trust.robustness(model, data["x_test"], data["y_test"])
     dataset = DATASETS[config.dataset]
+    stage = staging_dir(output_dir)  # published whole; an earlier evaluation moves aside
     with timed(timing, "report_seconds"):
         images = [plots.plot_confusion_matrix(
             scores["confusion_matrix"], dataset["classes"],
             f"{dataset['title']} test set: confusion matrix (accuracy "
-            f"{scores['test_accuracy']:.2%})", output_dir / "confusion_matrix.png"),
-            *plots.draw_pictures(output_dir, data, scores, config, None, calibration, robust)]
+            f"{scores['test_accuracy']:.2%})", stage / "confusion_matrix.png"),
+            *plots.draw_pictures(stage, data, scores, config, None, calibration, robust)]
     timing["total_seconds"] = round(time.perf_counter() - started, 3)
     record = build_record(config, dataset_info, scores, timing=timing, model_path=model_path,
                           architecture=architecture(model), parameters=int(model.count_params()),
                           calibration=calibration, robustness=robust)
-    written = [*images, write_html_report(output_dir / "report.html", record, images),
-               write_json(output_dir / "metrics.json", record)]
+    written = [*images, write_html_report(stage / "report.html", record, images),
+               write_json(stage / "metrics.json", record)]
+    moved = publish(stage, output_dir)
+    if moved:
+        say(config, f"the previous evaluation's files are now in {moved}")
+    written = [output_dir / Path(path).name for path in written]
     print_summary(record, written, config.quiet)
     return 0
 

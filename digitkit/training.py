@@ -16,7 +16,8 @@ import keras
 import numpy as np
 
 from digitkit import augment  # noqa: F401  registers RandomDistortion, so checkpoints load
-from digitkit.config import RunError, format_hidden, one_line, resume_fingerprint
+from digitkit.config import (Config, RunError, config_record, format_hidden, one_line,
+                             resume_fingerprint)
 from digitkit.guard import (CHECKPOINT_DIR, checkpoint_state, write_atomically,
                             write_history_csv, write_json)
 from digitkit.report import tensorboard_logs
@@ -106,7 +107,9 @@ class Checkpoint:
         """Return (model, epochs_done, history) after checking the run settings match."""
         state = self.read_state()
         saved, wanted = state.get("config", {}), resume_fingerprint(config)
-        changed = ["--" + key.replace("_", "-") for key in wanted if saved.get(key) != wanted[key]]
+        default = config_record(Config())  # for a setting older checkpoints did not have
+        changed = ["--" + key.replace("_", "-") for key in wanted
+                   if saved.get(key, default[key]) != wanted[key]]
         if changed:
             raise RunError(f"{self.directory}: checkpoint was made with different settings "
                            f"({', '.join(changed)}); "

@@ -151,6 +151,17 @@ def mnist_dir():
 
 
 @pytest.fixture(scope="session")
+def fashion_dir():
+    """The official Fashion-MNIST files, found via FASHION_MNIST_DIR (Debian's
+    dataset-fashion-mnist package puts them in /usr/share/datasets/fashion-mnist)."""
+    path = os.environ.get("FASHION_MNIST_DIR")
+    if not path or not (Path(path) / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("FASHION_MNIST_DIR does not hold the Fashion-MNIST files: "
+                    "apt-get install -y dataset-fashion-mnist (bash .ci/run does)")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
 def trained_mnist(tmp_path_factory, mnist_dir):
     """A model trained with the default settings on full MNIST, as a user would, but for 5
     epochs instead of 30: 98-99% on the test set, enough for what its tests check (they

@@ -1,6 +1,7 @@
 """The benchmarks run end to end (on synthetic data; no assertion on any time)."""
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def test_recipes_benchmark_reports_a_failing_run(synthetic_dir, tmp_path):
 
 
 def test_levers_benchmark_tables_every_variant_against_the_default(synthetic_dir):
-    VARIANTS = ("default", "xla", "spe-1", "onednn-off", "inter-tf", "grappler-off")
+    # One lever of each kind: a compile option, an environment variable, a thread setting.
+    VARIANTS = ("default", "xla", "onednn-off", "inter-tf")
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"),
                              "--data-dir", str(synthetic_dir), "--repeats", "1", "--epochs", "2",
                              "--variants", *VARIANTS], capture_output=True, text=True,
@@ -101,3 +103,17 @@ def test_samplers_benchmark_compares_the_elastic_sampler_with_keras_own():
     difference = float(result.stdout.split("largest difference between the two: ")[1].split()[0])
     assert difference < 1e-5  # the same numbers, whichever is faster
     assert "ours: median" in result.stdout and "map_coordinates / ours:" in result.stdout
+
+
+def test_overhead_benchmark_splits_each_run_into_training_and_the_rest(synthetic_dir):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"),
+                             "--data-dir", str(synthetic_dir), "--repeats", "1",
+                             "--recipes", "seed5", "--no-torch"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    run = next(line for line in result.stdout.splitlines() if line.startswith("seed5 1:"))
+    wall, training, outside = (float(value) for value in re.findall(
+        r"wall ([\d.]+) s, training ([\d.]+) s, outside ([\d.]+) s", run)[0])
+    assert outside == pytest.approx(wall - training, abs=0.11)  # printed to 0.1 s
+    assert "robustness" in run and "report" in run
+    assert "seed5: wall" in result.stdout and "of training" in result.stdout

@@ -1,5 +1,6 @@
 """The command line: usage errors are one line, exit 2, and never import TensorFlow."""
 
+import json
 import subprocess
 import sys
 
@@ -76,9 +77,25 @@ def test_help_lists_flags_with_defaults():
     result = run_main("--help")
     assert result.returncode == 0
     for text in ("--epochs", "--hidden", "--batch-size", "--learning-rate", "--data-dir",
-                 "--output-dir", "--validation-split", "--seed", "--quiet", "(default: 30)",
-                 "(default: 512 256)"):
+                 "--output-dir", "--validation-split", "--seed", "--quiet",
+                 "(default: 30; fashion-mnist: 40)", "(default: 512 256)"):
         assert text in result.stdout
+
+
+def test_each_dataset_brings_its_own_defaults_and_what_the_user_gives_wins():
+    # docs/reference.md: Fashion-MNIST trains without distortion, at 1e-3 for 40 epochs.
+    _, fashion, _ = cli.parse_command_line(["--dataset", "fashion-mnist"])
+    assert (fashion.augment, fashion.learning_rate, fashion.epochs) == (None, 1e-3, 40)
+    assert fashion.hidden == Config().hidden and fashion.dropout == Config().dropout
+    _, mnist, _ = cli.parse_command_line(["--dataset", "mnist"])
+    assert (mnist.augment, mnist.learning_rate, mnist.epochs) == ("affine", 6e-3, 30)
+    _, given, _ = cli.parse_command_line(["--dataset", "fashion-mnist", "--augment", "flip",
+                                          "--epochs", "5"])
+    assert (given.augment, given.learning_rate, given.epochs) == ("flip", 1e-3, 5)
+    _, preset, _ = cli.parse_command_line(["--dataset", "fashion-mnist", "--preset", "best"])
+    assert (preset.augment, preset.epochs, preset.learning_rate) == ("elastic", 52, 1e-3)
+    text = cli.build_parser().format_help()
+    assert "(default: affine; fashion-mnist: none;" in " ".join(text.split())
 
 
 def test_defaults_come_from_config():
@@ -170,3 +187,18 @@ def test_any_argv_gives_a_config_or_one_line_exit_2(capsys, argv):
     assert config.epochs >= 1 and config.batch_size >= 1 and config.learning_rate > 0
     assert 0 <= config.validation_split < 1 and 0 <= config.dropout < 1
     assert all(width >= 1 for width in config.hidden)
+
+
+def test_resume_continues_with_the_checkpoints_settings_and_the_flags_given(tmp_path):
+    # A run started under other defaults (Fashion-MNIST's were 6e-3 and 30 epochs) resumes
+    # as it was started; a flag given now still wins, and a mismatch is then refused at load.
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text(json.dumps(dict(
+        epochs_done=3, model="epoch-0003.keras", history=[],
+        config=dict(dataset="fashion-mnist", hidden=[8], learning_rate=6e-3, epochs=30))))
+    _, config, _ = cli.parse_command_line(["--output-dir", str(tmp_path), "--resume",
+                                           "--dataset", "fashion-mnist", "--epochs", "12"])
+    assert (config.hidden, config.learning_rate, config.epochs) == ((8,), 6e-3, 12)
+    _, fresh, _ = cli.parse_command_line(["--output-dir", str(tmp_path), "--dataset",
+                                          "fashion-mnist"])
+    assert (fresh.hidden, fresh.learning_rate) == (Config().hidden, 1e-3)  # no --resume

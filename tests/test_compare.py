@@ -14,6 +14,8 @@ def test_compare_writes_three_files_with_one_row_per_spec(tmp_path, synthetic_di
     result = run_main("--compare", "16", "16,8", "none", "--repeats", "2", "--epochs", "1",
                       "--batch-size", "64", "--data-dir", synthetic_dir, "--output-dir", tmp_path)
     assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "report.html").exists()  # a training run's own stays its own
+    tmp_path = tmp_path / "comparison"  # where a comparison's files go
     rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
     assert [row["hidden"] for row in rows] == ["16", "16,8", "none"]
     assert [int(row["parameters"]) for row in rows] == [784 * 16 + 16 + 16 * 10 + 10,
@@ -44,6 +46,9 @@ def test_repeats_on_a_single_run_report_mean_and_std(tmp_path, synthetic_dir):
     repeats = metrics["repeats"]
     assert repeats["seeds"] == [42, 43, 44] and len(repeats["test_accuracy"]) == 3
     assert repeats["test_accuracy"][0] == metrics["test_accuracy"]
+    # Each seed's validation accuracy too: the last epoch's, as its history.csv ends.
+    assert repeats["val_accuracy"][0] == metrics["history"]["val_accuracy"][-1]
+    assert len(repeats["val_accuracy"]) == 3
     assert repeats["test_accuracy_mean"] == pytest.approx(statistics.mean(repeats["test_accuracy"]))
     assert repeats["test_accuracy_std"] == pytest.approx(statistics.stdev(repeats["test_accuracy"]))
     assert repeats["test_loss_std"] == pytest.approx(statistics.stdev(repeats["test_loss"]))

@@ -117,6 +117,17 @@ def test_evaluating_a_runs_folder_writes_beside_its_files_not_over_them(trained_
     # So the fitted temperature is still in the record --draw reads.
     assert json.loads((run / "metrics.json").read_text())["calibration"]["fitted"]
 
+    # A second evaluation, and a comparison, leave the first evaluation and the run whole.
+    first = snapshot(run / "evaluation")
+    again = run_main("--evaluate", "--output-dir", run, "--data-dir", synthetic_dir, "--quiet")
+    compared = run_main("--compare", "8", "--output-dir", run, "--data-dir", synthetic_dir,
+                        "--quiet", *FAST[:2])
+    assert again.returncode == compared.returncode == 0, again.stderr + compared.stderr
+    [moved] = (run / "evaluation" / "previous").iterdir()
+    assert snapshot(moved) == first
+    assert {name: snapshot(run)[name] for name in before} == before
+    assert (run / "comparison" / "comparison.csv").exists()
+
 
 @pytest.mark.parametrize("again", [["--quiet"], ["--resume"]])
 def test_training_again_moves_the_finished_run_aside_whole(trained_synthetic, synthetic_dir,
@@ -229,6 +240,17 @@ def test_a_model_whose_outputs_are_not_probabilities_is_refused(tmp_path):
     result = run_main("--predict", image, "--model", tmp_path / "linear.keras",
                       "--output-dir", tmp_path / "out")
     assert result.returncode == 1 and "outputs are not probabilities" in one_line(result)
+
+
+@pytest.mark.parametrize("mode", [["--predict", "x.png"], ["--evaluate"], ["--draw"]])
+def test_a_model_path_that_is_no_file_is_called_so_not_a_place_to_train(mode, tmp_path):
+    for model in ("/dev/zero", tmp_path):  # a device, a folder
+        result = run_main(*mode, "--model", model, "--output-dir", tmp_path / "out")
+        line = one_line(result)
+        assert result.returncode == 1 and line == (
+            f"error: {model}: not a file; a saved model is the model.keras file a training "
+            f"run writes"), line
+    assert not (tmp_path / "out").exists()
 
 
 # --- the drawing server -------------------------------------------------------------------------

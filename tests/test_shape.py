@@ -17,7 +17,8 @@ from conftest import ROOT, SCRIPT
 
 PACKAGE = ROOT / "digitkit"
 # Imported before the flags chose Keras' backend: they must not load Keras or its friends.
-LIGHT = ("config", "cli", "data", "guard", "backend", "metrics", "report", "images", "draw")
+LIGHT = ("config", "cli", "data", "guard", "backend", "metrics", "report", "images", "draw",
+         "tuning")
 
 
 def test_the_script_is_the_recipe_in_order_in_at_most_400_lines():

@@ -181,6 +181,10 @@ def test_fashion_mnist_uses_clothing_names(tmp_path, synthetic_dir):
         DATASETS["fashion-mnist"]["classes"])
     assert "Ankle boot" in result.stdout
     assert "Fashion-MNIST" in (tmp_path / "report.html").read_text()
+    # The record says which defaults the run started from: Fashion-MNIST's own.
+    assert (metrics["defaults"]["augment"], metrics["defaults"]["learning_rate"],
+            metrics["defaults"]["epochs"]) == (None, 1e-3, 40)
+    assert metrics["config"]["learning_rate"] == 1e-3  # not given: the dataset's default
 
 
 def test_quiet_prints_nothing(tmp_path, synthetic_dir):

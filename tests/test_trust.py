@@ -223,11 +223,31 @@ def test_robustness_of_a_model_that_always_answers_zero_is_the_share_of_zeros():
     always_zero.layers[-1].set_weights([np.zeros((784, 10)), np.eye(10)[0] * 5])
     images, labels = digits(150, seed=7)
     share = float((labels == 0).mean())
-    record = trust.robustness(always_zero, images, labels, share, max_images=1000)
+    record = trust.robustness(always_zero, images, labels, max_images=1000)
     assert list(record["corruptions"]) == list(trust.CORRUPTIONS)
     for result in record["corruptions"].values():
         assert result["accuracy"] == [share] * 3  # whatever the images look like
     assert record["mean_accuracy"] == pytest.approx(share)
+    assert record["clean_accuracy"] == pytest.approx(share) and record["images"] == 150
+
+
+def test_robustness_is_measured_on_a_fixed_subset_with_its_interval_stated():
+    import keras
+
+    images, labels = digits(3000, seed=5)
+    labels[:1000], labels[1000:] = 0, 1  # a model answering 0 is right on the first third
+    always_zero = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                                    keras.layers.Dense(10, activation="softmax")])
+    always_zero.layers[-1].set_weights([np.zeros((784, 10)), np.eye(10)[0] * 5])
+    first = trust.robustness(always_zero, images, labels, images=1000)
+    again = trust.robustness(always_zero, images, labels, images=1000)
+    assert first == again and first["images"] == 1000  # the same images every time
+    share = first["clean_accuracy"]
+    assert abs(share - 1 / 3) < 0.05  # drawn from the whole test set, not its first 1,000
+    # The 95% interval of an accuracy p measured on n images: 1.96 * sqrt(p (1 - p) / n).
+    expected = 1.96 * (share * (1 - share) / 1000) ** 0.5
+    for result in first["corruptions"].values():
+        assert result["interval95"] == pytest.approx([expected] * 3)
 
 
 def test_a_training_run_records_calibration_and_robustness(trained_synthetic):

@@ -1,0 +1,247 @@
+"""--tune: an Optuna search whose best trial trains as a normal run; resumable, shareable.
+
+Synthetic data and tiny trials (two epochs of a 32-unit network, only the dropout and the
+learning rate searched), so each search takes seconds. The PostgreSQL test starts a real
+server (Debian's postgresql, which .ci/run installs) and runs two real worker processes.
+"""
+
+import csv
+import glob
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, SCRIPT, cli_environment, run_cli, run_main
+
+TINY = [*FAST]  # pins the epochs, hidden layers, batch size and distortion: two settings left
+
+
+def trials(output_dir):
+    """tuning.csv's rows."""
+    with open(output_dir / "tuning.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it(
+        synthetic_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["--data-dir", synthetic_dir, "--output-dir", out, "--tune", "3", *TINY]
+    result = run_main(*args)
+    assert result.returncode == 0, result.stderr
+    rows = trials(out)
+    assert [row["number"] for row in rows] == ["0", "1", "2"]
+    assert {row["state"] for row in rows} == {"complete"}
+    assert {"params_dropout", "params_learning_rate"} <= set(rows[0])
+    assert "params_batch_size" not in rows[0]  # given by a flag: not searched
+    record = json.loads((out / "metrics.json").read_text())
+    best = max(rows, key=lambda row: float(row["val_accuracy"]))
+    assert record["tuning"]["best"][0]["number"] == int(best["number"])
+    # The run that follows trains the best trial's settings, the pinned ones as given.
+    assert record["config"]["learning_rate"] == pytest.approx(float(best["params_learning_rate"]))
+    assert record["config"]["dropout"] == pytest.approx(float(best["params_dropout"]))
+    assert record["config"]["hidden"] == [32] and record["config"]["epochs"] == 2
+    assert "Search (--tune)" in (out / "report.html").read_text()
+    assert "--learning-rate" in result.stdout and "best: trial" in result.stdout
+
+    again = run_main(*args[:-len(TINY) - 1], "5", *TINY)  # --tune 5: two more trials
+    assert again.returncode == 0, again.stderr
+    assert "3 of 5 trials done" in again.stdout
+    assert [row["number"] for row in trials(out)] == ["0", "1", "2", "3", "4"]
+    assert len(list((out / "previous").iterdir())) == 1  # the first run's files, kept
+
+
+def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(synthetic_dir, tmp_path):
+    import optuna
+
+    import digit_classifier
+    from digitkit import cli, config, tuning
+
+    mode, cfg, options = cli.parse_command_line(
+        ["--data-dir", str(synthetic_dir), "--output-dir", str(tmp_path), "--tune", "2",
+         *TINY[:1], "3", *TINY[2:]])  # three epochs each
+    assert mode == "tune"
+    search = tuning.open_study(cfg, options, tmp_path)
+    search["study"].pruner = optuna.pruners.ThresholdPruner(lower=0.0)  # -loss is below 0
+    data, _, _ = digit_classifier.load_data(cfg)
+    with pytest.raises(config.RunError, match="no trial finished"):
+        tuning.search(search, cfg, data, digit_classifier.new_model, digit_classifier.fit)
+    study = search["study"]
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [0] for t in study.trials)  # after epoch 1
+    tuning.write_reports(tmp_path, search)
+    assert [row["state"] for row in trials(tmp_path)] == ["pruned", "pruned"]
+
+
+def test_a_study_made_with_other_settings_is_refused_and_kept(synthetic_dir, tmp_path):
+    out = tmp_path / "out"
+    first = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY)
+    assert first.returncode == 0, first.stderr
+    other = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY,
+                     "--dropout", "0.1")
+    assert other.returncode == 2
+    assert "searches other settings (dropout)" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    narrowed = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY,
+                        "--tune-range", "learning_rate=0.001:0.005")
+    assert narrowed.returncode == 2 and "(learning_rate)" in narrowed.stderr
+    with sqlite3.connect(out / "tuning.db") as db:
+        assert db.execute("select count(*) from trials").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("flags, status, message", [
+    (["--tune", "0"], 2, "expected an integer of at least 1"),
+    (["--tune-minutes", "5"], 2, "only with --tune"),
+    (["--tune", "2", "--tune-range", "width=8:64"], 2, "32 <= LOW <= HIGH <= 1024"),
+    (["--tune", "2", "--tune-range", "batch_size=33:60"], 2, "no power of two"),
+    (["--tune", "2", "--hidden", "32", "--tune-range", "width=32:64"], 2, "not searched"),
+    (["--tune", "2", "--validation-split", "0"], 2, "scored on the validation split"),
+    (["--tune", "2", "--tune-storage", "not a url"], 2, "not a database URL"),
+    (["--tune", "2", "--tune-storage", "postgresql://user:secret@127.0.0.1:1/db"], 1,
+     "cannot open the study"),
+])
+def test_bad_tuning_input_is_one_line_and_an_exit_status(flags, status, message, synthetic_dir,
+                                                        tmp_path):
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path / "out", *flags)
+    assert result.returncode == status, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "secret" not in result.stderr  # a password is never printed
+    assert not (tmp_path / "out").exists()  # nothing left behind: no folder, no study
+
+
+def study_states(database):
+    """(number, state) of each trial in an Optuna SQLite study."""
+    with sqlite3.connect(database) as db:
+        try:
+            return db.execute("select number, state from trials order by number").fetchall()
+        except sqlite3.OperationalError:  # Optuna has not made its tables yet
+            return []
+
+
+def test_a_search_killed_mid_trial_finishes_the_remaining_trials_when_run_again(
+        synthetic_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["--data-dir", synthetic_dir, "--output-dir", out, "--tune", "3",
+            *TINY[:1], "8", *TINY[2:]]
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=cli_environment())
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # until the second trial is under way
+            if (out / "tuning.db").exists() and (1, "RUNNING") in study_states(out / "tuning.db"):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the second trial never started")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (out / "metrics.json").exists()
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    rows = trials(out)
+    killed = next(row for row in rows if row["number"] == "1")
+    assert killed["state"] == "failed"
+    retry = [row for row in rows if row.get("user_attrs_retry_of") == "1.0"
+             or row.get("user_attrs_retry_of") == "1"]
+    assert len(retry) == 1 and retry[0]["state"] == "complete"
+    assert retry[0]["params_learning_rate"] == killed["params_learning_rate"]
+    assert sum(row["state"] == "complete" for row in rows) == 3  # the three asked for
+    assert json.loads((out / "metrics.json").read_text())["tuning"]["complete"] == 3
+
+
+def test_ctrl_c_stops_the_search_and_queues_the_stopped_trial_to_run_again(
+        synthetic_dir, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir), "--output-dir", str(out),
+         "--tune", "3", *TINY[:1], "50", *TINY[2:]], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=cli_environment())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the first trial is under way
+        if (out / "tuning.db").exists() and (0, "RUNNING") in study_states(out / "tuning.db"):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "run the same command again to continue (0 of 3 done)" in stderr
+    assert study_states(out / "tuning.db") == [(0, "FAIL"), (1, "WAITING")]
+    assert not (out / "metrics.json").exists()
+
+
+def postgres_binary(name):
+    """A PostgreSQL server program: on PATH, or where Debian's packages put it."""
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on a unix socket, for the test's life; its URL."""
+    initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
+    if not initdb or not pg_ctl:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is not installed (apt-get install -y postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="pg-"))
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as Debian's postgres
+        shutil.chown(base, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+
+    def run(*command):
+        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=60)
+
+    run(initdb, "-D", data, "-U", "postgres", "--auth=trust", "--no-sync")
+    run(pg_ctl, "-D", data, "-w", "-l", base / "log", "-o",
+        f"-k {base} -c listen_addresses='' -c fsync=off", "start")
+    try:
+        yield f"postgresql://postgres@/postgres?host={base}"
+    finally:
+        run(pg_ctl, "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_on_postgresql(postgres_url, synthetic_dir, tmp_path):
+    args = ["--data-dir", synthetic_dir, "--tune", "6", "--tune-storage", postgres_url,
+            "--study-name", "shared", *TINY[:1], "4", *TINY[2:]]
+    workers = [subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args),
+                                 "--output-dir", tmp_path / f"worker{i}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=cli_environment()) for i in (1, 2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+
+    import optuna
+
+    study = optuna.load_study(study_name="shared",
+                              storage=postgres_url.replace("postgresql://",
+                                                           "postgresql+psycopg://"))
+    done = [t for t in study.trials if t.state.is_finished()]
+    # Optuna's stop is checked as each trial ends: two workers finishing at the same instant
+    # may each start one more, so six trials, or seven.
+    assert 6 <= len(done) <= 7, [t.state for t in study.trials]
+    by_worker = {}
+    for trial in done:
+        by_worker.setdefault(trial.user_attrs["worker"], []).append(trial.number)
+    assert len(by_worker) == 2, by_worker  # both took trials, and no trial ran twice
+    assert sorted(sum(by_worker.values(), [])) == sorted(t.number for t in done)
+    params = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(params)) == len(params)  # no settings proposed twice
+    bests = [json.loads((tmp_path / f"worker{i}" / "metrics.json").read_text())["tuning"]
+             ["best"][0]["number"] for i in (1, 2)]
+    assert bests[0] == bests[1] == study.best_trial.number

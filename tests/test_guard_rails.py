@@ -159,27 +159,19 @@ def test_a_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, synthet
 
 # --- the right data set ----------------------------------------------------------------------
 
-def test_official_mnist_is_recognised_and_fashion_mnist_refused_for_it(mnist_dir, tmp_path):
-    arrays, _ = data.read_data_dir(mnist_dir, "mnist")
-    assert data.recognise_dataset(arrays) == "mnist"
-    result = run_main("--dataset", "fashion-mnist", "--data-dir", mnist_dir, "--output-dir",
+@pytest.mark.parametrize("official, other, title", [("mnist", "fashion-mnist", "MNIST"),
+                                                    ("fashion-mnist", "mnist", "Fashion-MNIST")])
+def test_the_official_files_are_recognised_and_the_other_dataset_refused_for_them(
+        official, other, title, request, tmp_path):
+    folder = request.getfixturevalue("mnist_dir" if official == "mnist" else "fashion_dir")
+    arrays, _ = data.read_data_dir(folder, official)
+    assert data.recognise_dataset(arrays) == official
+    result = run_main("--dataset", other, "--data-dir", folder, "--output-dir",
                       tmp_path / "out", "--epochs", "1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --dataset fashion-mnist: {mnist_dir} holds the official MNIST data; "
-        f"pass --dataset mnist"]
-    assert not (tmp_path / "out").exists()
-
-
-def test_official_fashion_mnist_is_recognised_and_mnist_refused_for_it(fashion_dir, tmp_path):
-    arrays, _ = data.read_data_dir(fashion_dir, "fashion-mnist")
-    assert data.recognise_dataset(arrays) == "fashion-mnist"
-    result = run_main("--dataset", "mnist", "--data-dir", fashion_dir, "--output-dir",
-                      tmp_path / "out", "--epochs", "1")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"error: --dataset mnist: {fashion_dir} holds the official Fashion-MNIST data; "
-        f"pass --dataset fashion-mnist"]
+        f"error: --dataset {other}: {folder} holds the official {title} data; "
+        f"pass --dataset {official}"]
     assert not (tmp_path / "out").exists()
 
 

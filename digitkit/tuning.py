@@ -313,7 +313,7 @@ def search(search_run, config, data, new_model, fit):
             retry_unfinished(study, current)
             search_run["interrupted"] = True
         if not search_run["embedded"] and not search_run.get("interrupted"):
-            settle(study, config)
+            search_run["interrupted"] = not settle(study, config, signals)
     search_run["seconds"] = time.perf_counter() - started
     states = [t.state for t in study.get_trials(deepcopy=False)]
     complete = states.count(TrialState.COMPLETE)
@@ -336,16 +336,20 @@ def search(search_run, config, data, new_model, fit):
     return best_config
 
 
-def settle(study, config):
+def settle(study, config, signals):
     """Wait until no other worker is running a trial of the shared study, so that every
-    worker reports the same best; a worker gone silent is failed by Optuna's heartbeat."""
+    worker reports the same best; a worker gone silent is failed by Optuna's heartbeat.
+    Returns False if a Ctrl-C ended the wait."""
     told = False
     while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if signals.received:
+            return False
         if not told:
             say(config, f"waiting for {len(running)} trials other workers are running")
             told = True
         optuna.storages.fail_stale_trials(study)
         time.sleep(SETTLE_SECONDS)
+    return True
 
 
 def command_line(config):

@@ -112,7 +112,7 @@ def resumed_settings(args):
 
 
 def dataset_defaults(field):
-    """'; fashion-mnist: flip' for each dataset whose default for field differs."""
+    """'; fashion-mnist: 40' for each dataset whose own default for field differs."""
     def shown(value):
         """A default as --help shows it."""
         return "none" if value is None else f"{value:g}" if isinstance(value, float) else value
@@ -196,7 +196,7 @@ def build_parser():
                             f"the images as they are (default: {d.augment}"
                             f"{dataset_defaults('augment')}; --augment alone: affine)")
     model.add_argument("--augment-strength", type=strength, metavar="S",
-                       help="scale the distortion's shifts, angles and zoom by S "
+                       help="scale the distortion's shifts, angles, zoom and warp by S "
                             f"(default: {d.augment_strength:g})")
     model.add_argument("--deskew", action=argparse.BooleanOptionalAction,
                        help="deskew every image by its moments inside the model, in training "

@@ -153,11 +153,10 @@ def write_html_report(path, record, images):
         sections.append("<h2>Calibration (test set)</h2>" + calibration_html(record["calibration"]))
     if "robustness" in record:
         robust = record["robustness"]
-        widest = max(max(result.get("interval95", [0]))
-                     for result in robust["corruptions"].values())
+        widest = max(max(result["interval95"]) for result in robust["corruptions"].values())
         sections.append(
             f"<h2>Robustness: test accuracy under corruptions</h2><p>On "
-            f"{robust.get('images', record['dataset']['test_size']):,} test images (a fixed "
+            f"{robust['images']:,} test images (a fixed "
             f"subset, seed {robust['seed']}): clean {robust['clean_accuracy']:.2%}; mean over "
             f'the 27 corrupted sets <b id="robustness-mean">{robust["mean_accuracy"]:.2%}</b>; '
             f"each figure within ±{widest:.1%} at 95% confidence (definitions: docs/trust.md)."

@@ -16,8 +16,7 @@ import keras
 import numpy as np
 
 from digitkit import augment  # noqa: F401  registers RandomDistortion, so checkpoints load
-from digitkit.config import (Config, RunError, config_record, format_hidden, one_line,
-                             resume_fingerprint)
+from digitkit.config import Config, RunError, format_hidden, one_line, resume_fingerprint
 from digitkit.guard import (CHECKPOINT_DIR, checkpoint_state, write_atomically,
                             write_history_csv, write_json)
 from digitkit.report import tensorboard_logs
@@ -107,7 +106,7 @@ class Checkpoint:
         """Return (model, epochs_done, history) after checking the run settings match."""
         state = self.read_state()
         saved, wanted = state.get("config", {}), resume_fingerprint(config)
-        default = config_record(Config())  # for a setting older checkpoints did not have
+        default = resume_fingerprint(Config())  # for a setting older checkpoints lack
         changed = ["--" + key.replace("_", "-") for key in wanted
                    if saved.get(key, default[key]) != wanted[key]]
         if changed:

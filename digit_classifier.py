@@ -90,9 +90,11 @@ def split_and_scale(arrays, validation_split, seed):
     n_val = int(round(len(order) * validation_split))
     train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
     x, y = arrays["x_train"], arrays["y_train"]
-    return dict(x_train=x[train].astype("float32") / 255, y_train=y[train],
-                x_val=x[val].astype("float32") / 255, y_val=y[val],
-                x_test=arrays["x_test"].astype("float32") / 255, y_test=arrays["y_test"])
+    def scaled(images):  # 0-255 to 0-1 in float32, in one pass over the pixels
+        return np.divide(images, 255, dtype="float32")
+
+    return dict(x_train=scaled(x[train]), y_train=y[train], x_val=scaled(x[val]), y_val=y[val],
+                x_test=scaled(arrays["x_test"]), y_test=arrays["y_test"])
 
 
 def build_network(config, name="network"):
@@ -213,21 +215,39 @@ def train_and_evaluate(config, data, signals, output_dir=None, stage=None, start
 def save_reports(output_dir, config, data, result, timing):
     """Save the model, the Seaborn confusion-matrix heatmap, the robustness check and every
     other picture; returns the pictures' paths and the robustness record."""
-    from digitkit import networks, plots, trust
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digitkit import networks, trust
 
     scores, dataset = result["scores"], DATASETS[config.dataset]
     with timed(timing, "save_seconds"):
         networks.save_model(result["final"], output_dir / "model.keras", config.dataset)
-    with timed(timing, "robustness_seconds"):
-        robust = trust.robustness(result["final"], data["x_test"], data["y_test"],
-                                  via_logits=True)
-    with timed(timing, "report_seconds"):
-        images = [plots.plot_confusion_matrix(
-            scores["confusion_matrix"], dataset["classes"],
-            f"{dataset['title']} test set: confusion matrix (accuracy "
-            f"{scores['test_accuracy']:.2%})", output_dir / "confusion_matrix.png")]
-        images += plots.draw_pictures(output_dir, data, scores, config, result["training"],
-                                      result["calibration"], robust)
+
+    def draw():  # the heatmap and every other picture but robustness.png; --no-plots: none
+        if not config.plots:
+            return []
+        from digitkit import plots  # Matplotlib and Seaborn
+
+        with timed(timing, "report_seconds"):
+            images = [plots.plot_confusion_matrix(
+                scores["confusion_matrix"], dataset["classes"],
+                f"{dataset['title']} test set: confusion matrix (accuracy "
+                f"{scores['test_accuracy']:.2%})", output_dir / "confusion_matrix.png")]
+            return images + plots.draw_pictures(output_dir, data, scores, config,
+                                                result["training"], result["calibration"])
+
+    # A second thread draws while the robustness check predicts: TensorFlow computes without
+    # holding Python's lock, so the two overlap (docs/performance.md).
+    with ThreadPoolExecutor(max_workers=1) as second_thread:
+        pictures = second_thread.submit(draw)
+        with timed(timing, "robustness_seconds"):
+            robust = trust.robustness(result["final"], data["x_test"], data["y_test"],
+                                      via_logits=True)
+        images = pictures.result()
+    if images:  # and robustness.png, which needed the check's figures
+        from digitkit.plots import add_robustness_picture
+
+        add_robustness_picture(images, robust, config)
     return images, robust
 
 
@@ -277,7 +297,7 @@ def run_training(config, search=None):
         if search is not None:  # tuning.csv and the search's pictures, beside the run's
             from digitkit import tuning
 
-            tuning_images, tuned = tuning.write_reports(stage, search)
+            tuning_images, tuned = tuning.write_reports(stage, search, config.plots)
             images += tuning_images
         if result["members"]:
             say(config, "committee members' test accuracy: " + ", ".join(

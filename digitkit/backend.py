@@ -6,6 +6,7 @@ GPU, TensorFlow (tensorflow[and-cuda]) or JAX (jax[cuda]) uses it with no change
 device() says which device the run used, and every report records it.
 """
 
+import importlib
 import os
 import platform
 import sys
@@ -40,9 +41,12 @@ def start(config):
     # look like errors but are not (a real failure still arrives as a Python exception).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ["KERAS_BACKEND"] = config.backend
+    # TensorFlow's TFLite converter imports JAX at start-up whenever it is installed (0.6 s),
+    # for a JAX converter this script never uses.
+    unused = ["jax"] if config.backend == "tensorflow" else []
     try:
         with NativeStderrSilenced():
-            import keras
+            keras = import_without("keras", unused)
 
             if config.backend == "tensorflow":
                 import tensorflow as tf
@@ -62,6 +66,27 @@ def start(config):
     if config.deterministic and config.backend == "tensorflow":
         tf.config.experimental.enable_op_determinism()
     return keras
+
+
+def import_without(module, unused):
+    """Import module as if the modules named in unused were not installed, for the optional
+    imports a library makes at its top for features this script never uses; returns it.
+
+    A name set to None in sys.modules makes its import fail at once, as for a missing
+    package, so the library takes its own fallback; afterwards the names are importable
+    again. Should a library need one of them after all, it is imported the normal way.
+    """
+    blocked = [name for name in unused if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked, None))
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pass
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return importlib.import_module(module)
 
 
 def one_op_at_a_time():

@@ -49,6 +49,7 @@ class Config:
     backend: str = "tensorflow"
     preset: str | None = None
     tensorboard: bool = False
+    plots: bool = True
     quiet: bool = False
 
 

@@ -13,11 +13,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no window, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
 
+from digitkit.backend import import_without  # noqa: E402
 from digitkit.config import DATASETS, MISCLASSIFIED_SHOWN, NUM_CLASSES  # noqa: E402
 from digitkit.guard import write_atomically  # noqa: E402
 from digitkit.trust import CORRUPTIONS, corrupt  # noqa: E402
+
+# Seaborn imports SciPy's statistics (0.8 s) for its density estimates; the heatmap, the one
+# Seaborn plot here, never uses them, and Seaborn works without SciPy.
+sns = import_without("seaborn", ["scipy.stats"])
 
 
 def save_figure(fig, path):
@@ -257,7 +261,8 @@ def plot_corruption_examples(image, dataset_title, path):
 def draw_pictures(output_dir, data, scores, config, training, calibration=None,
                   robustness_record=None):
     """Every picture of one evaluated model but the confusion-matrix heatmap, which the
-    caller draws first; returns their paths in page order."""
+    caller draws first, and, without robustness_record, robustness.png (draw_robustness);
+    returns their paths in page order."""
     output_dir = Path(output_dir)
     class_names, title = DATASETS[config.dataset]["classes"], DATASETS[config.dataset]["title"]
     images = []
@@ -275,8 +280,17 @@ def draw_pictures(output_dir, data, scores, config, training, calibration=None,
         images.append(plot_calibration(calibration, title, output_dir / "calibration.png"))
     if robustness_record:
         images.append(plot_robustness(robustness_record, title, output_dir / "robustness.png"))
-        images.append(plot_corruption_examples(data["x_test"][0], title,
-                                               output_dir / "corruptions.png"))
+    images.append(plot_corruption_examples(data["x_test"][0], title,
+                                           output_dir / "corruptions.png"))
     images.append(plot_samples(data["x_train"], data["y_train"], class_names, title,
                                output_dir / "samples.png", seed=config.seed))
     return images
+
+
+def add_robustness_picture(images, robustness_record, config):
+    """Draw robustness.png beside draw_pictures' images, drawn without the robustness
+    figures, and add it to their list where the page shows it: before corruptions.png."""
+    corruptions = next(path for path in images if Path(path).name == "corruptions.png")
+    images.insert(images.index(corruptions), plot_robustness(
+        robustness_record, DATASETS[config.dataset]["title"],
+        Path(corruptions).parent / "robustness.png"))

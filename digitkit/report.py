@@ -177,9 +177,9 @@ def write_html_report(path, record, images):
              for row in record["comparison"]]))
     if "tuning" in record:
         sections.append(tuning_html(record["tuning"]))
-    sections.append("<h2>Figures</h2>" + "".join(
+    sections.append("<h2>Figures</h2>" + ("".join(
         f"<figure>{embed(p)}<figcaption>{html.escape(Path(p).name)}</figcaption></figure>"
-        for p in images))
+        for p in images) or "<p>None drawn (--no-plots).</p>"))
     sections.append("<h2>Settings</h2>" + key_values(record["config"]))
     if record.get("timing"):
         sections.append("<h2>Timings (seconds)</h2>" + key_values(record["timing"]))

@@ -75,12 +75,14 @@ def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, s
         robust = trust.robustness(model, data["x_test"], data["y_test"])
     dataset = DATASETS[config.dataset]
     stage = staging_dir(output_dir)  # published whole; an earlier evaluation moves aside
-    with timed(timing, "report_seconds"):
-        images = [plots.plot_confusion_matrix(
-            scores["confusion_matrix"], dataset["classes"],
-            f"{dataset['title']} test set: confusion matrix (accuracy "
-            f"{scores['test_accuracy']:.2%})", stage / "confusion_matrix.png"),
-            *plots.draw_pictures(stage, data, scores, config, None, calibration, robust)]
+    images = []
+    if config.plots:
+        with timed(timing, "report_seconds"):
+            images = [plots.plot_confusion_matrix(
+                scores["confusion_matrix"], dataset["classes"],
+                f"{dataset['title']} test set: confusion matrix (accuracy "
+                f"{scores['test_accuracy']:.2%})", stage / "confusion_matrix.png"),
+                *plots.draw_pictures(stage, data, scores, config, None, calibration, robust)]
     timing["total_seconds"] = round(time.perf_counter() - started, 3)
     record = build_record(config, dataset_info, scores, timing=timing, model_path=model_path,
                           architecture=architecture(model), parameters=int(model.count_params()),

@@ -224,7 +224,10 @@ def retry_unfinished(study, numbers=None):
             study.tell(trial.number, state=TrialState.FAIL)
         elif trial.state != TrialState.FAIL:
             continue
-        if "error" not in trial.user_attrs and trial.number not in retried:
+        # A trial names its worker once it has chosen all its settings; one stopped before
+        # that leaves nothing to retry.
+        if ("worker" in trial.user_attrs and "error" not in trial.user_attrs
+                and trial.number not in retried):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
@@ -271,8 +274,8 @@ def search(search_run, config, data, new_model, fit):
     def objective(trial):
         """Train the trial's settings; its score is the last epoch's validation accuracy."""
         current[:] = [trial.number]
-        trial.set_user_attr("worker", WORKER)
         trial_config = suggest(trial, config, space)
+        trial.set_user_attr("worker", WORKER)  # once the settings are chosen: retry_unfinished
         keras.backend.clear_session()
         keras.utils.set_random_seed(config.seed + trial.number)
         model = new_model(trial_config, len(data["x_train"]))
@@ -378,30 +381,20 @@ def laid_out(figure):
     return figure
 
 
-def write_reports(stage, search_run):
-    """tuning.csv (one row per trial), the search's pictures in stage; returns the
-    pictures' paths and the search's record for metrics.json."""
+def draw_search(stage, study, complete, space):
+    """tuning_history.png and, once two trials completed, tuning_importance.png; their paths."""
     import matplotlib
     from optuna.visualization import matplotlib as optuna_plots
 
     from digitkit.plots import save_figure
 
-    study = search_run["study"]
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs",
-                                          "datetime_start", "duration"))
-    frame = frame.rename(columns={"value": "val_accuracy"})
-    frame["state"] = frame["state"].map({"COMPLETE": "complete", "PRUNED": "pruned",
-                                         "FAIL": "failed", "RUNNING": "running",
-                                         "WAITING": "waiting"})
-    guard.write_text(stage / "tuning.csv", frame.to_csv(index=False))
     images = []
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     # Optuna's plots switch Matplotlib to its ggplot style: only for these two pictures.
     with quiet_experimental(), matplotlib.rc_context():
         history = optuna_plots.plot_optimization_history(study,
                                                          target_name="validation accuracy")
         images.append(save_figure(laid_out(history.figure), stage / "tuning_history.png"))
-        if len(complete) >= 2 and len(search_run["space"]) >= 2:
+        if len(complete) >= 2 and len(space) >= 2:
             try:
                 importance = optuna_plots.plot_param_importances(
                     study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
@@ -410,6 +403,22 @@ def write_reports(stage, search_run):
             if importance is not None:
                 images.append(save_figure(laid_out(importance.figure),
                                           stage / "tuning_importance.png"))
+    return images
+
+
+def write_reports(stage, search_run, pictures=True):
+    """tuning.csv (one row per trial), the search's pictures in stage (pictures=False:
+    --no-plots); returns the pictures' paths and the search's record for metrics.json."""
+    study = search_run["study"]
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs",
+                                          "datetime_start", "duration"))
+    frame = frame.rename(columns={"value": "val_accuracy"})
+    frame["state"] = frame["state"].map({"COMPLETE": "complete", "PRUNED": "pruned",
+                                         "FAIL": "failed", "RUNNING": "running",
+                                         "WAITING": "waiting"})
+    guard.write_text(stage / "tuning.csv", frame.to_csv(index=False))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    images = draw_search(stage, study, complete, search_run["space"]) if pictures else []
     best = sorted(complete, key=lambda t: t.value, reverse=True)[:5]
     states = [t.state for t in study.get_trials(deepcopy=False)]
     record = dict(

@@ -163,12 +163,12 @@ def fashion_dir():
 
 @pytest.fixture(scope="session")
 def trained_mnist(tmp_path_factory, mnist_dir):
-    """A model trained with the default settings on full MNIST, as a user would, but for 5
-    epochs instead of 30: 98-99% on the test set, enough for what its tests check (they
-    were re-checked at this size: README, Development)."""
+    """A model trained with the default settings on full MNIST, as a user would, but for 3
+    epochs instead of 30: about 98% on the test set, enough for what its tests check (they
+    were re-checked at this size: docs/development.md)."""
     def train(folder):
         result = run_main("--data-dir", mnist_dir, "--output-dir", folder / "out", "--quiet",
-                          "--epochs", "5")
+                          "--epochs", "3")
         assert result.returncode == 0, result.stderr
 
     return built_once(tmp_path_factory, "trained_mnist", train) / "out"

@@ -34,6 +34,7 @@ BAD_FLAGS = [
     (["--compare", "100,,5"], "--compare"),
     (["--predict", "a.png", "--evaluate"], "not allowed with"),
     (["--json"], "--json"),
+    (["--predict", "a.png", "--no-plots"], "--no-plots"),
     (["--resume", "--evaluate"], "--resume"),
     (["--patience", "3", "--validation-split", "0"], "--patience"),
     (["--lr-schedule", "constant", "--warmup-epochs", "2"], "--warmup-epochs"),
@@ -159,6 +160,7 @@ FLAG_NAMES = ["--epochs", "--hidden", "--batch-size", "--learning-rate", "--vali
               "--repeats", "--preset", "--dataset", "--compare", "--predict", "--evaluate",
               "--resume", "--json", "--quiet", "--augment", "--committee", "--deskew",
               "--draw", "--port", "--min-confidence", "--tensorboard", "--deterministic",
+              "--no-plots",
               "--backend", "--steps-per-execution", "--output-dir", "--data-dir", "--model", "--",
               "-h"]
 VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(str),

@@ -25,7 +25,7 @@ def read_events(directory):
 def test_tensorboard_logs_open_in_tensorboards_reader(synthetic_dir, tmp_path, backend):
     pytest.importorskip("tensorboard")
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
-                     "--tensorboard", "--backend", backend)
+                     "--tensorboard", "--backend", backend, "--no-plots")
     assert result.returncode == 0, result.stderr
     logs = tmp_path / "tensorboard"
     assert f"tensorboard --logdir {logs}" in result.stdout

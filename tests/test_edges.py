@@ -23,7 +23,7 @@ def test_a_split_that_leaves_less_than_one_batch_is_a_one_line_error(synthetic_d
 def test_a_split_that_leaves_exactly_one_batch_trains(synthetic_dir, tmp_path):
     # 600 images, 536 held out: 64 left, one batch of 64.
     result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
-                      "--validation-split", str(536 / 600), "--quiet")
+                      "--validation-split", str(536 / 600), "--quiet", "--no-plots")
     assert result.returncode == 0, result.stderr
 
 

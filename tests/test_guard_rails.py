@@ -81,7 +81,7 @@ def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
     finally:
         first.kill()
     resumed = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST[2:],
-                       "--epochs", "60", "--resume", "--quiet")
+                       "--epochs", "60", "--resume", "--quiet", "--no-plots")
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["seed"] == Config.seed and metrics["epochs_completed"] == 60

@@ -97,7 +97,7 @@ def test_sigkill_then_resume_finishes_the_same_number_of_epochs(tmp_path, synthe
     changed = run_main(*args[:-1], "128", "--resume", "--quiet")
     assert changed.returncode == 1 and "--batch-size" in changed.stderr
 
-    resumed = run_main(*args, "--resume")  # not quiet: says where it resumes
+    resumed = run_main(*args, "--resume", "--no-plots")  # not quiet: says where it resumes
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -213,7 +213,7 @@ def test_deterministic_runs_are_identical(tmp_path, synthetic_dir):
     for out in outs:
         result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--quiet",
                          "--deterministic", "--epochs", "2", "--hidden", "32", "16",
-                         "--dropout", "0.1")
+                         "--dropout", "0.1", "--no-plots")
         assert result.returncode == 0, result.stderr
     metrics = [json.loads((out / "metrics.json").read_text()) for out in outs]
     for m in metrics:

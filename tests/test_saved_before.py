@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, run_main, write_dataset
+from conftest import ROOT, run_main, write_dataset
 
 FIXTURES = ROOT / "tests" / "fixtures" / "saved-by-d184608"
 FASHION_CLASSES = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -71,16 +71,17 @@ def test_draw_serves_an_old_model_and_reads_its_calibration(workdir):
         assert status == 200 and reply["prediction"] in "0123456789", reply
 
 
-def test_resume_finishes_an_old_unfinished_run(workdir):
+def test_resume_finishes_an_old_unfinished_run(workdir, monkeypatch):
     out = workdir / "resumed"
     shutil.copytree(workdir / "saved" / "unfinished", out)
     before = json.loads((out / "checkpoint" / "state.json").read_text())
     assert before["epochs_done"] == 8
     # The flags of the interrupted run; its fingerprint names --data-dir as "data".
-    result = run_cli("--data-dir", "data", "--output-dir", out, "--dataset", "fashion-mnist",
-                     "--hidden", "8", "--committee", "2", "--deskew", "--augment", "elastic",
-                     "--epochs", "40", "--batch-size", "64", "--resume", "--quiet",
-                     cwd=workdir)
+    monkeypatch.chdir(workdir)
+    result = run_main("--data-dir", "data", "--output-dir", out, "--dataset", "fashion-mnist",
+                      "--hidden", "8", "--committee", "2", "--deskew", "--augment", "elastic",
+                      "--epochs", "40", "--batch-size", "64", "--resume", "--quiet",
+                      "--no-plots")
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "metrics.json").read_text())
     assert record["epochs_completed"] == 40 and not record["interrupted"]

@@ -25,7 +25,7 @@ def test_the_script_is_the_recipe_in_order_in_at_most_400_lines():
     text = SCRIPT.read_text()
     assert len(text.splitlines()) <= 400
     steps = ["data.load(",                                # load MNIST
-             '.astype("float32") / 255',                  # scale to 0-1
+             'np.divide(images, 255, dtype="float32")',   # scale to 0-1
              "keras.layers.Dense(",                       # build Dense layers ...
              "keras.Sequential(",                         # ... into a keras.Sequential
              "keras.optimizers.Adam(",                    # compile with Adam ...
@@ -69,3 +69,35 @@ def test_the_modules_used_before_the_backend_is_chosen_load_no_framework(module)
         capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert probe.returncode == 0, probe.stderr
     assert json.loads(probe.stdout) == []
+
+
+def test_a_tensorflow_run_loads_neither_jax_nor_scipys_statistics_yet_both_stay_importable():
+    # TensorFlow imports JAX at start-up when it is installed, Seaborn SciPy's statistics;
+    # a run on TensorFlow uses neither (about 1.4 s of every run: docs/performance.md).
+    pytest.importorskip("jax", reason="only a machine with JAX installed shows the difference")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, json; from digitkit import backend, config; "
+         "backend.start(config.Config()); from digitkit import plots; "
+         "skipped = [m for m in ('jax', 'scipy.stats') if m in sys.modules]; "
+         "import jax, scipy.stats; print(json.dumps([skipped, plots.sns.__name__]))"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout.splitlines()[-1]) == [[], "seaborn"]
+
+
+def test_import_without_lets_a_library_take_its_fallback_and_needs_no_fallback_of_its_own(
+        tmp_path, monkeypatch):
+    from digitkit.backend import import_without
+
+    (tmp_path / "shape_optional_dep.py").write_text("VALUE = 1\n")
+    (tmp_path / "shape_lib_optional.py").write_text(
+        "try:\n    import shape_optional_dep\nexcept ImportError:\n    shape_optional_dep = None\n")
+    (tmp_path / "shape_lib_required.py").write_text("import shape_optional_dep\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    optional = import_without("shape_lib_optional", ["shape_optional_dep"])
+    assert optional.shape_optional_dep is None  # the library took its fallback
+    assert "shape_optional_dep" not in sys.modules  # and the name is importable again
+    required = import_without("shape_lib_required", ["shape_optional_dep"])
+    assert required.shape_optional_dep.VALUE == 1  # a library that needs it still gets it
+    for name in ("shape_optional_dep", "shape_lib_optional", "shape_lib_required"):
+        sys.modules.pop(name, None)

@@ -86,6 +86,25 @@ def test_pngs_are_valid_images_of_sensible_size(trained_synthetic):
         assert image.size == (1000, 700)  # figure size 10x7 at 100 dpi
 
 
+def test_no_plots_writes_every_record_and_no_picture(tmp_path, synthetic_dir):
+    out = tmp_path / "out"
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST, "--no-plots",
+                      "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
+        "history.csv", "metrics.json", "model.keras", "report.html"]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["config"]["plots"] is False and len(record["robustness"]["corruptions"]) == 9
+    page = (out / "report.html").read_text()
+    assert "None drawn (--no-plots)" in page and "data:image/png" not in page
+    assert "Robustness" in page and "Calibration" in page  # the tables are all there
+    evaluated = run_main("--evaluate", "--model", out / "model.keras", "--data-dir",
+                         synthetic_dir, "--output-dir", out, "--no-plots", "--quiet")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert sorted(path.name for path in (out / "evaluation").iterdir()) == [
+        "metrics.json", "report.html"]
+
+
 def test_report_html_embeds_every_png_and_the_accuracy(trained_synthetic):
     out, _ = trained_synthetic
     page = (out / "report.html").read_text()
@@ -436,7 +455,7 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
     pytest.importorskip("jax", reason="the JAX backend needs jax (requirements-dev.txt)")
     out = tmp_path / "out"
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--backend", "jax",
-                     "--augment", "elastic", "--deskew", "--committee", "2", *FAST)
+                     "--augment", "elastic", "--deskew", "--committee", "2", *FAST, "--no-plots")
     assert result.returncode == 0, result.stderr
     trained = json.loads((out / "metrics.json").read_text())
     assert trained["versions"]["backend"] == "jax"  # what Keras really ran on

@@ -52,8 +52,9 @@ def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it
     assert "Search (--tune)" in (out / "report.html").read_text()
     assert "--learning-rate" in result.stdout and "best: trial" in result.stdout
 
-    again = run_main(*args[:-len(TINY) - 1], "5", *TINY)  # --tune 5: two more trials
+    again = run_main(*args[:-len(TINY) - 1], "5", *TINY, "--no-plots")  # two more trials
     assert again.returncode == 0, again.stderr
+    assert not list(out.glob("*.png"))  # --no-plots: neither the run's nor the search's
     assert "3 of 5 trials done" in again.stdout
     assert [row["number"] for row in trials(out)] == ["0", "1", "2", "3", "4"]
     assert len(list((out / "previous").iterdir())) == 1  # the first run's files, kept
@@ -82,9 +83,16 @@ def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(syntheti
 
 
 def test_a_study_made_with_other_settings_is_refused_and_kept(synthetic_dir, tmp_path):
+    import digit_classifier
+    from digitkit import cli, tuning
+
     out = tmp_path / "out"
-    first = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY)
-    assert first.returncode == 0, first.stderr
+    out.mkdir()
+    _, cfg, options = cli.parse_command_line(  # the two trials of `--tune 2 TINY`, no run after
+        ["--data-dir", str(synthetic_dir), "--output-dir", str(out), "--tune", "2", *TINY])
+    search = tuning.open_study(cfg, options, out)
+    data, _, _ = digit_classifier.load_data(cfg)
+    tuning.search(search, cfg, data, digit_classifier.new_model, digit_classifier.fit)
     other = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY,
                      "--dropout", "0.1")
     assert other.returncode == 2
@@ -127,6 +135,17 @@ def study_states(database):
             return []
 
 
+def trials_training(database):
+    """Numbers of the running trials that have chosen their settings (and named their worker)."""
+    with sqlite3.connect(database) as db:
+        try:
+            return {number for (number,) in db.execute(
+                "select number from trials join trial_user_attributes using (trial_id)"
+                " where state = 'RUNNING' and key = 'worker'")}
+        except sqlite3.OperationalError:  # Optuna has not made its tables yet
+            return set()
+
+
 def test_a_search_killed_mid_trial_finishes_the_remaining_trials_when_run_again(
         synthetic_dir, tmp_path):
     out = tmp_path / "out"
@@ -137,8 +156,8 @@ def test_a_search_killed_mid_trial_finishes_the_remaining_trials_when_run_again(
                                env=cli_environment())
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:  # until the second trial is under way
-            if (out / "tuning.db").exists() and (1, "RUNNING") in study_states(out / "tuning.db"):
+        while time.monotonic() < deadline:  # until the second trial has its settings
+            if (out / "tuning.db").exists() and 1 in trials_training(out / "tuning.db"):
                 break
             time.sleep(0.05)
         else:
@@ -148,7 +167,7 @@ def test_a_search_killed_mid_trial_finishes_the_remaining_trials_when_run_again(
         process.wait()
     assert not (out / "metrics.json").exists()
 
-    result = run_main(*args)  # the killed process's lock went with it
+    result = run_main(*args, "--no-plots")  # the killed process's lock went with it
     assert result.returncode == 0, result.stderr
     rows = trials(out)
     killed = next(row for row in rows if row["number"] == "1")
@@ -161,6 +180,24 @@ def test_a_search_killed_mid_trial_finishes_the_remaining_trials_when_run_again(
     assert json.loads((out / "metrics.json").read_text())["tuning"]["complete"] == 3
 
 
+def test_only_a_stopped_trial_that_had_chosen_its_settings_is_queued_again():
+    import optuna
+
+    from digitkit import tuning
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    chosen = study.ask()
+    chosen.suggest_float("dropout", 0.0, 0.5)
+    chosen.set_user_attr("worker", "host:1")  # as the search does once the settings are chosen
+    study.ask().suggest_float("dropout", 0.0, 0.5)  # stopped while choosing: nothing to retry
+    tuning.retry_unfinished(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING"]
+    assert trials[2].user_attrs == {"retry_of": 0}
+    assert trials[2].system_attrs["fixed_params"] == chosen.params
+
+
 def test_ctrl_c_stops_the_search_and_queues_the_stopped_trial_to_run_again(
         synthetic_dir, tmp_path):
     out = tmp_path / "out"
@@ -169,8 +206,8 @@ def test_ctrl_c_stops_the_search_and_queues_the_stopped_trial_to_run_again(
          "--tune", "3", *TINY[:1], "50", *TINY[2:]], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=cli_environment())
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until the first trial is under way
-        if (out / "tuning.db").exists() and (0, "RUNNING") in study_states(out / "tuning.db"):
+    while time.monotonic() < deadline:  # until the first trial has its settings
+        if (out / "tuning.db").exists() and 0 in trials_training(out / "tuning.db"):
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
@@ -217,7 +254,7 @@ def postgres_url():
 
 def test_two_workers_share_one_study_on_postgresql(postgres_url, synthetic_dir, tmp_path):
     args = ["--data-dir", synthetic_dir, "--tune", "6", "--tune-storage", postgres_url,
-            "--study-name", "shared", *TINY[:1], "4", *TINY[2:]]
+            "--study-name", "shared", *TINY[:1], "4", *TINY[2:], "--no-plots"]
     workers = [subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args),
                                  "--output-dir", tmp_path / f"worker{i}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -46,8 +46,8 @@ def test_recipes_benchmark_tables_each_recipe_against_the_first(synthetic_dir, t
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipes.py"),
                              "--data-dir", str(synthetic_dir), "--seeds", "1", "2",
                              "--output-dir", str(tmp_path),
-                             "--recipe", "small=--epochs 1 --hidden 8 --batch-size 64",
-                             "--recipe", "wider=--epochs 1 --hidden 32 --batch-size 64"],
+                             "--recipe", "small=--epochs 1 --hidden 8 --batch-size 64 --no-plots",
+                             "--recipe", "wider=--epochs 1 --hidden 32 --batch-size 64 --no-plots"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "small seed 2: test accuracy" in result.stdout
@@ -55,7 +55,7 @@ def test_recipes_benchmark_tables_each_recipe_against_the_first(synthetic_dir, t
             for line in result.stdout.splitlines()
             if line.startswith("| small |") or line.startswith("| wider |")}
     assert set(rows) == {"small", "wider"}
-    assert rows["wider"][0] == "`--epochs 1 --hidden 32 --batch-size 64`"
+    assert rows["wider"][0] == "`--epochs 1 --hidden 32 --batch-size 64 --no-plots`"
     # Every run left its own complete record; the table is computed from them.
     records = {name: [json.loads((tmp_path / f"{name}-seed{seed}" / "metrics.json").read_text())
                       for seed in (1, 2)] for name in rows}

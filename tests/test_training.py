@@ -445,7 +445,7 @@ def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().endswith("(4, 10)")
     again = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
-                     "--output-dir", tmp_path, "--quiet")
+                     "--output-dir", tmp_path, "--quiet", "--no-plots")
     assert again.returncode == 0, again.stderr
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert evaluated["test_accuracy"] == metrics["test_accuracy"]

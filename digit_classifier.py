@@ -283,7 +283,7 @@ def run_training(config, search=None):
     timing.update(train_seconds=round(trained["seconds"], 3),
                   samples_per_second=(round(trained["samples_per_second"], 1)
                                       if trained["samples_per_second"] else None),
-                  evaluate_seconds=trained["evaluate_seconds"])
+                  evaluate_seconds=trained["evaluate_seconds"], **trained["timing"])
     if trained["interrupted"]:
         say(config, f"interrupted by {signals.received} during epoch "
                     f"{trained['epochs_completed'] + 1} of {config.epochs} "

@@ -153,6 +153,7 @@ def torch_worker(data_dir, seed, target, config):
                  if config.lr_schedule == "cosine" else None)
     loss_function = nn.CrossEntropyLoss()
     train_seconds, reached, reached_epoch, accuracy = 0.0, None, None, None
+    epoch_seconds = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -165,13 +166,17 @@ def torch_worker(data_dir, seed, target, config):
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-        train_seconds += time.perf_counter() - start
+        epoch_seconds.append(time.perf_counter() - start)
+        train_seconds += epoch_seconds[-1]
         model.eval()
         with torch.no_grad():
             accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
         if reached is None and accuracy >= target:
             reached, reached_epoch = train_seconds, epoch
     return dict(samples_per_second=config.epochs * len(x_train) / train_seconds,
+                first_epoch_seconds=epoch_seconds[0],
+                later_samples_per_second=(len(epoch_seconds) - 1) * len(x_train)
+                / sum(epoch_seconds[1:]) if len(epoch_seconds) > 1 else None,
                 seconds_to_target=reached, epochs_to_target=reached_epoch,
                 final_accuracy=accuracy,
                 threads=torch.get_num_threads(), torch=torch.__version__)

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -147,6 +148,9 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.epoch = len(self.history)
         self.stopped_mid_epoch = False
         self.nonfinite = None
+        # Where training's seconds go: the first epoch (with the graph's tracing), the
+        # later ones, and writing the checkpoints (the record's timing; docs/performance.md).
+        self.epoch_started, self.epoch_seconds, self.checkpoint_seconds = None, [], 0.0
 
     def on_train_begin(self, logs=None):
         """A resumed run's history.csv starts whole, even if no epoch is left to train."""
@@ -154,8 +158,9 @@ class TrainingMonitor(keras.callbacks.Callback):
             write_history_csv(self.history_csv, self.history)
 
     def on_epoch_begin(self, epoch, logs=None):
-        """Remember which epoch is running."""
+        """Remember which epoch is running, and since when."""
         self.epoch = epoch
+        self.epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         """Stop on a non-finite loss or a stop request."""
@@ -172,6 +177,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         # Keras ends an interrupted epoch like a finished one; it is not one, so skip it.
         if self.stopped_mid_epoch or self.nonfinite:
             return
+        self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         # Keras evaluates a schedule at the current step when asked for the rate.
         row["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
@@ -179,7 +185,9 @@ class TrainingMonitor(keras.callbacks.Callback):
         if self.history_csv:
             write_history_csv(self.history_csv, self.history)
         if self.checkpoint:
+            started = time.perf_counter()
             self.checkpoint.save(self.model, epoch + 1, self.history, self.config)
+            self.checkpoint_seconds += time.perf_counter() - started
         if self.signals.received:  # arrived during validation: the epoch itself finished
             self.model.stop_training = True
 
@@ -205,6 +213,10 @@ class TrainingMonitor(keras.callbacks.Callback):
         return dict(
             history=self.history, seconds=seconds, kept_epoch=kept_epoch,
             epochs_completed=len(self.history), interrupted=self.signals.received is not None,
+            timing=dict(first_epoch_seconds=round(self.epoch_seconds[0], 3)
+                        if self.epoch_seconds else None,
+                        later_epochs_seconds=round(sum(self.epoch_seconds[1:]), 3),
+                        checkpoint_seconds=round(self.checkpoint_seconds, 3)),
             samples_per_second=(epochs_run * train_count / seconds) if epochs_run else None)
 
 

@@ -34,11 +34,11 @@ def trials(output_dir):
 def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it(
         synthetic_dir, tmp_path):
     out = tmp_path / "out"
-    args = ["--data-dir", synthetic_dir, "--output-dir", out, "--tune", "3", *TINY]
+    args = ["--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY]
     result = run_main(*args)
     assert result.returncode == 0, result.stderr
     rows = trials(out)
-    assert [row["number"] for row in rows] == ["0", "1", "2"]
+    assert [row["number"] for row in rows] == ["0", "1"]
     assert {row["state"] for row in rows} == {"complete"}
     assert {"params_dropout", "params_learning_rate"} <= set(rows[0])
     assert "params_batch_size" not in rows[0]  # given by a flag: not searched
@@ -50,13 +50,14 @@ def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it
     assert record["config"]["dropout"] == pytest.approx(float(best["params_dropout"]))
     assert record["config"]["hidden"] == [32] and record["config"]["epochs"] == 2
     assert "Search (--tune)" in (out / "report.html").read_text()
+    assert (out / "tuning_history.png").stat().st_size > 10_000  # the search's own picture
     assert "--learning-rate" in result.stdout and "best: trial" in result.stdout
 
-    again = run_main(*args[:-len(TINY) - 1], "5", *TINY, "--no-plots")  # two more trials
+    again = run_main(*args[:-len(TINY) - 1], "3", *TINY, "--no-plots")  # one more trial
     assert again.returncode == 0, again.stderr
     assert not list(out.glob("*.png"))  # --no-plots: neither the run's nor the search's
-    assert "3 of 5 trials done" in again.stdout
-    assert [row["number"] for row in trials(out)] == ["0", "1", "2", "3", "4"]
+    assert "2 of 3 trials done" in again.stdout
+    assert [row["number"] for row in trials(out)] == ["0", "1", "2"]
     assert len(list((out / "previous").iterdir())) == 1  # the first run's files, kept
 
 

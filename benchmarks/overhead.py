@@ -111,8 +111,8 @@ def main():
             theirs = statistics.median(run[key] for run in torch_runs)
             print(f"seed5 {what}: ours {ours:,.2f}, PyTorch loop {theirs:,.2f}: "
                   f"{ours / theirs:.2f}x")
-        print(f"seed5 checkpoints: {statistics.median(r['checkpoint_seconds'] for r in runs['seed5']):.2f} s "
-              f"of training")
+        checkpoints = statistics.median(run["checkpoint_seconds"] for run in runs["seed5"])
+        print(f"seed5 checkpoints: {checkpoints:.2f} s of training")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_tensorboard_keeps_one_folder_per_seed_and_architecture(synthetic_dir, t
     pytest.importorskip("tensorboard")
     result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--epochs", "1",
                       "--hidden", "8", "--batch-size", "64", "--augment", "none",
-                      "--tensorboard", "--repeats", "2", "--quiet")
+                      "--tensorboard", "--repeats", "2", "--quiet", "--no-plots")
     assert result.returncode == 0, result.stderr
     runs = sorted(path.name for path in (tmp_path / "tensorboard").iterdir())
     assert runs == ["8_seed42", "8_seed43"]  # --repeats: each seed's curves apart

@@ -66,7 +66,7 @@ def test_a_directory_locked_by_another_process_is_refused_and_left_untouched(
 def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir),
-                              "--output-dir", str(out), *FAST[2:], "--epochs", "60"],
+                              "--output-dir", str(out), *FAST[2:], "--epochs", "20"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -81,10 +81,10 @@ def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
     finally:
         first.kill()
     resumed = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST[2:],
-                       "--epochs", "60", "--resume", "--quiet", "--no-plots")
+                       "--epochs", "20", "--resume", "--quiet", "--no-plots")
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["seed"] == Config.seed and metrics["epochs_completed"] == 60
+    assert metrics["config"]["seed"] == Config.seed and metrics["epochs_completed"] == 20
 
 
 # --- sizes that cannot fit -------------------------------------------------------------------

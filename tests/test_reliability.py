@@ -110,7 +110,7 @@ def test_sigkill_then_resume_finishes_the_same_number_of_epochs(tmp_path, synthe
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path, synthetic_dir):
     result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--resume",
-                      "--epochs", "1", "--hidden", "8")
+                      "--epochs", "1", "--hidden", "8", "--no-plots")
     assert result.returncode == 0, result.stderr
     assert "starting from scratch" in result.stdout
 
@@ -312,7 +312,7 @@ def test_sigint_while_writing_reports_stops_keeping_complete_files(tmp_path, syn
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epochs_done"] == 2
     resumed = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--epochs", "2",
                        "--hidden", "32", "--batch-size", "64", "--augment", "none",
-                       "--resume", "--quiet")  # --resume takes no --repeats
+                       "--resume", "--quiet", "--no-plots")  # --resume takes no --repeats
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((out / "metrics.json").read_text())
     assert record["epochs_completed"] == 2 and not record["interrupted"]

@@ -89,7 +89,7 @@ def test_a_committee_is_calibrated_with_one_temperature_for_all_members():
 def test_without_a_validation_split_no_temperature_is_fitted(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     result = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST,
-                      "--validation-split", "0")
+                      "--validation-split", "0", "--no-plots")
     assert result.returncode == 0, result.stderr
     assert "calibration: none fitted (no validation split)" in result.stdout
     calibration = json.loads((out / "metrics.json").read_text())["calibration"]

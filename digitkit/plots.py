@@ -261,8 +261,8 @@ def plot_corruption_examples(image, dataset_title, path):
 def draw_pictures(output_dir, data, scores, config, training, calibration=None,
                   robustness_record=None):
     """Every picture of one evaluated model but the confusion-matrix heatmap, which the
-    caller draws first, and, without robustness_record, robustness.png (draw_robustness);
-    returns their paths in page order."""
+    caller draws first, and, without robustness_record, robustness.png (drawn later by
+    add_robustness_picture); returns their paths in page order."""
     output_dir = Path(output_dir)
     class_names, title = DATASETS[config.dataset]["classes"], DATASETS[config.dataset]["title"]
     images = []

@@ -258,11 +258,10 @@ def plot_corruption_examples(image, dataset_title, path):
                            path, columns=12)
 
 
-def draw_pictures(output_dir, data, scores, config, training, calibration=None,
-                  robustness_record=None):
+def draw_pictures(output_dir, data, scores, config, training, calibration=None):
     """Every picture of one evaluated model but the confusion-matrix heatmap, which the
-    caller draws first, and, without robustness_record, robustness.png (drawn later by
-    add_robustness_picture); returns their paths in page order."""
+    caller draws first, and robustness.png, which needs the robustness check's figures
+    (add_robustness_picture); returns their paths in page order."""
     output_dir = Path(output_dir)
     class_names, title = DATASETS[config.dataset]["classes"], DATASETS[config.dataset]["title"]
     images = []
@@ -278,8 +277,6 @@ def draw_pictures(output_dir, data, scores, config, training, calibration=None,
     images.append(output_dir / "misclassified.png")
     if calibration:
         images.append(plot_calibration(calibration, title, output_dir / "calibration.png"))
-    if robustness_record:
-        images.append(plot_robustness(robustness_record, title, output_dir / "robustness.png"))
     images.append(plot_corruption_examples(data["x_test"][0], title,
                                            output_dir / "corruptions.png"))
     images.append(plot_samples(data["x_train"], data["y_train"], class_names, title,
@@ -288,8 +285,8 @@ def draw_pictures(output_dir, data, scores, config, training, calibration=None,
 
 
 def add_robustness_picture(images, robustness_record, config):
-    """Draw robustness.png beside draw_pictures' images, drawn without the robustness
-    figures, and add it to their list where the page shows it: before corruptions.png."""
+    """Draw robustness.png beside draw_pictures' images and add it to their list where the
+    page shows it: before corruptions.png."""
     corruptions = next(path for path in images if Path(path).name == "corruptions.png")
     images.insert(images.index(corruptions), plot_robustness(
         robustness_record, DATASETS[config.dataset]["title"],

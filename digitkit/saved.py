@@ -82,7 +82,8 @@ def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, s
                 scores["confusion_matrix"], dataset["classes"],
                 f"{dataset['title']} test set: confusion matrix (accuracy "
                 f"{scores['test_accuracy']:.2%})", stage / "confusion_matrix.png"),
-                *plots.draw_pictures(stage, data, scores, config, None, calibration, robust)]
+                *plots.draw_pictures(stage, data, scores, config, None, calibration)]
+            plots.add_robustness_picture(images, robust, config)
     timing["total_seconds"] = round(time.perf_counter() - started, 3)
     record = build_record(config, dataset_info, scores, timing=timing, model_path=model_path,
                           architecture=architecture(model), parameters=int(model.count_params()),

@@ -1,5 +1,5 @@
 # /// script
-# requires-python = ">=3.10,<3.13"
+# requires-python = ">=3.11,<3.14"
 # dependencies = [
 #     "tensorflow>=2.16,<2.22",
 #     "keras>=3.3,<4",
@@ -277,7 +277,7 @@ def run_training(config, search=None):
         with training.StopSignals(during="build"):  # a Ctrl-C here stops at once
             start = (new_model(config, len(data["x_train"])), 0, [])
 
-    with training.StopSignals() as signals:  # a first Ctrl-C stops after the batch
+    with training.StopSignals(at_once_until_trained=True) as signals:  # at once, then after a batch
         result = train_and_evaluate(config, data, signals, output_dir, stage, start)
     trained = result["training"]
     timing.update(train_seconds=round(trained["seconds"], 3),

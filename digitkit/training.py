@@ -27,16 +27,18 @@ class StopSignals:
     """What SIGINT and SIGTERM do while installed; a second one always exits at once.
 
     While training (the default), the first asks training to stop after this batch, and the
-    run then evaluates and reports the model as it stands. Anywhere else (during="build",
-    "reports"), the first stops the run at once (exit 130); no file is left half-written, as
-    every file is written atomically. A KeyboardInterrupt can be lost on its way (one raised
+    run then evaluates and reports the model as it stands; with at_once_until_trained, one
+    that comes before the first batch has trained stops at once instead (there is nothing
+    new to evaluate). Anywhere else (during="build", "reports"), the first stops the run at
+    once (exit 130); no file is left half-written, as every file is written atomically. A KeyboardInterrupt can be lost on its way (one raised
     inside a garbage-collection callback, such as JAX's, is only printed as "ignored"), so
     leaving the block raises it again if a signal came and nothing was raised.
     """
 
-    def __init__(self, during="training"):
+    def __init__(self, during="training", at_once_until_trained=False):
         self.during = during
         self.received = None
+        self.trained = not at_once_until_trained  # set by TrainingMonitor after a batch
         self._previous = {}
 
     def __enter__(self):
@@ -49,7 +51,7 @@ class StopSignals:
         """Restore the previous handlers; stop now if a stop-at-once signal got lost."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        if self.during != "training" and self.received and exc_type is None:
+        if (self.during != "training" or not self.trained) and self.received and exc_type is None:
             raise KeyboardInterrupt
 
     def _handle(self, signum, frame):
@@ -58,7 +60,7 @@ class StopSignals:
             # Every file is written atomically, so leaving now cannot leave half a file.
             os._exit(130)
         self.received = signal.Signals(signum).name
-        if self.during == "training":
+        if self.during == "training" and self.trained:
             print(f"\n{self.received} received: stopping after this batch "
                   f"(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
             return
@@ -164,6 +166,7 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         """Stop on a non-finite loss or a stop request."""
+        self.signals.trained = True
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.nonfinite = (self.epoch + 1, batch + 1, float(loss))

@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SPEED = str(ROOT / "benchmarks" / "speed.py")
 
 
+@pytest.mark.slow
 def test_speed_benchmark_reports_medians_and_ratios(synthetic_dir):
     pytest.importorskip("jax", reason="--jax needs jax (requirements-dev.txt)")
     result = subprocess.run([sys.executable, SPEED, "--data-dir", str(synthetic_dir),
@@ -42,6 +43,7 @@ def test_speed_benchmark_refuses_an_unknown_setting(synthetic_dir):
     assert result.returncode == 2 and "no such digitkit.config.Config field" in result.stderr
 
 
+@pytest.mark.slow
 def test_recipes_benchmark_tables_each_recipe_against_the_first(synthetic_dir, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipes.py"),
                              "--data-dir", str(synthetic_dir), "--seeds", "1", "2",
@@ -77,6 +79,7 @@ def test_recipes_benchmark_reports_a_failing_run(synthetic_dir, tmp_path):
     assert result.returncode == 1 and "failed (2)" in result.stderr
 
 
+@pytest.mark.slow
 def test_levers_benchmark_tables_every_variant_against_the_default(synthetic_dir):
     # One lever of each kind: a compile option (steps per execution; XLA is one too, but its
     # compilation would double the test), an environment variable, a thread setting.
@@ -96,6 +99,7 @@ def test_levers_benchmark_tables_every_variant_against_the_default(synthetic_dir
                                                           abs=0.006)
 
 
+@pytest.mark.slow
 def test_samplers_benchmark_compares_the_elastic_sampler_with_keras_own():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "samplers.py"),
                              "--rounds", "1", "--calls", "2"], capture_output=True, text=True,
@@ -106,6 +110,7 @@ def test_samplers_benchmark_compares_the_elastic_sampler_with_keras_own():
     assert "ours: median" in result.stdout and "map_coordinates / ours:" in result.stdout
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_splits_each_run_into_training_and_the_rest(synthetic_dir):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"),
                              "--data-dir", str(synthetic_dir), "--repeats", "1",

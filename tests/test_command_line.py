@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from digitkit import cli
 from digitkit.config import Config
-from conftest import ROOT, run_main
+from helpers import ROOT, run_main
 
 BAD_FLAGS = [
     (["--epochs", "0"], "--epochs"),
@@ -171,6 +171,7 @@ VALUES = st.one_of(st.integers(-3, 300).map(str), st.floats(allow_nan=True).map(
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.slow
 @given(st.lists(st.one_of(st.sampled_from(FLAG_NAMES), VALUES), max_size=8))
 def test_any_argv_gives_a_config_or_one_line_exit_2(capsys, argv):
     try:

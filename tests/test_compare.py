@@ -7,9 +7,10 @@ import statistics
 
 import pytest
 
-from conftest import run_main
+from helpers import run_main
 
 
+@pytest.mark.slow
 def test_compare_writes_three_files_with_one_row_per_spec(tmp_path, synthetic_dir):
     result = run_main("--compare", "16", "16,8", "none", "--repeats", "2", "--epochs", "1",
                       "--batch-size", "64", "--data-dir", synthetic_dir, "--output-dir", tmp_path)
@@ -38,6 +39,7 @@ def test_compare_writes_three_files_with_one_row_per_spec(tmp_path, synthetic_di
     assert page.count('src="data:image/png;base64,') == 1  # comparison.png
 
 
+@pytest.mark.slow
 def test_repeats_on_a_single_run_report_mean_and_std(tmp_path, synthetic_dir):
     result = run_main("--repeats", "3", "--epochs", "1", "--hidden", "16", "--batch-size", "64",
                       "--data-dir", synthetic_dir, "--output-dir", tmp_path)

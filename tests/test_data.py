@@ -8,7 +8,7 @@ import pytest
 
 import digit_classifier as dc
 from digitkit import data
-from conftest import run_cli, run_main, synthetic_digits, write_dataset, write_idx
+from helpers import run_cli, run_main, synthetic_digits, write_dataset, write_idx
 
 
 def corrupt(directory, name, how):
@@ -123,6 +123,7 @@ def test_split_is_seeded_disjoint_and_scaled():
     np.testing.assert_allclose(first["x_test"], x[:10] / 255, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_offline_without_cache_names_data_dir(tmp_path):
     # KERAS_HOME points Keras' cache at an empty folder; this machine has no route to the
     # download servers, so the loader fails as it would for a user offline.

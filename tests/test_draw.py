@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from digitkit import data, images
-from conftest import ROOT, SCRIPT, cli_environment, run_main
+from helpers import ROOT, SCRIPT, cli_environment, run_main
 
 
 @contextlib.contextmanager
@@ -183,6 +183,7 @@ def test_blank_drawings_are_answered_blank_not_guessed(server):
         assert status == 422 and reply["blank"] is True and "prediction" not in reply
 
 
+@pytest.mark.slow
 def test_oversized_and_unsized_bodies_are_refused_unread(server):
     port, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
@@ -248,6 +249,7 @@ def test_drawings_beyond_those_read_at_once_are_told_to_come_back(server):
     assert status == 200  # room again
 
 
+@pytest.mark.slow
 def test_a_burst_of_requests_is_answered_without_growing_memory(server):
     port, process = server
     drawing = a_one()

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FAST, ROOT, SCRIPT, run_cli, run_main
+from helpers import FAST, ROOT, SCRIPT, run_cli, run_main
 
 
 def read_events(directory):
@@ -21,6 +21,7 @@ def read_events(directory):
             for tag in accumulator.Tags()["tensors"]}, accumulator
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_tensorboard_logs_open_in_tensorboards_reader(synthetic_dir, tmp_path, backend):
     pytest.importorskip("tensorboard")
@@ -47,6 +48,7 @@ def test_tensorboard_logs_open_in_tensorboards_reader(synthetic_dir, tmp_path, b
     assert b"hidden_1" in train["keras"][0][1].item()
 
 
+@pytest.mark.slow
 def test_tensorboard_keeps_one_folder_per_seed_and_architecture(synthetic_dir, tmp_path):
     pytest.importorskip("tensorboard")
     result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--epochs", "1",

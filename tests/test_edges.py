@@ -5,7 +5,7 @@ import pytest
 
 from digitkit import plots
 from digitkit.config import DIGITS
-from conftest import FAST, run_cli, run_main
+from helpers import FAST, run_cli, run_main
 
 
 @pytest.mark.parametrize("split, kept", [("0.99999", 0), ("0.99", 6)])
@@ -20,6 +20,7 @@ def test_a_split_that_leaves_less_than_one_batch_is_a_one_line_error(synthetic_d
     assert not (tmp_path / "metrics.json").exists() and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_split_that_leaves_exactly_one_batch_trains(synthetic_dir, tmp_path):
     # 600 images, 536 held out: 64 left, one batch of 64.
     result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
@@ -27,6 +28,7 @@ def test_a_split_that_leaves_exactly_one_batch_trains(synthetic_dir, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_a_quiet_deterministic_run_prints_no_framework_noise(synthetic_dir, tmp_path):
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
                      "--deterministic", "--quiet")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST, run_cli, run_main, write_dataset, write_idx
+from helpers import FAST, run_cli, run_main, write_dataset, write_idx
 from digitkit import cli
 from test_draw import huge_png_header
 
@@ -98,6 +98,7 @@ def test_a_file_given_as_data_dir_is_called_a_file(tmp_path):
 
 # --- what a run saved is never overwritten -----------------------------------------------------
 
+@pytest.mark.slow
 def test_evaluating_a_runs_folder_writes_beside_its_files_not_over_them(trained_synthetic,
                                                                         synthetic_dir, tmp_path):
     import shutil
@@ -129,6 +130,7 @@ def test_evaluating_a_runs_folder_writes_beside_its_files_not_over_them(trained_
     assert (run / "comparison" / "comparison.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("again", [["--quiet"], ["--resume"]])
 def test_training_again_moves_the_finished_run_aside_whole(trained_synthetic, synthetic_dir,
                                                           tmp_path, again):
@@ -178,6 +180,7 @@ def digit_png(path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_json", [False, True])
 def test_a_file_name_that_is_not_utf8_is_classified_like_the_others(tmp_path, model_path,
                                                                     as_json):
@@ -222,6 +225,7 @@ def test_a_rerun_into_the_same_folder_does_not_classify_its_own_picture(tmp_path
         assert "classified 3 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_huge_image_is_refused_from_its_header_without_pillows_warning(tmp_path, model_path):
     huge = tmp_path / "huge.png"
     huge.write_bytes(huge_png_header(12000, 12000))
@@ -256,6 +260,7 @@ def test_a_model_path_that_is_no_file_is_called_so_not_a_place_to_train(mode, tm
 
 # --- the drawing server -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_content_length_of_a_non_ascii_digit_is_a_400(trained_synthetic):
     from test_draw import draw_server
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from digitkit import data, images, plots, saved
 from digitkit.config import DIGITS, MIN_CONFIDENCE
-from conftest import run_main
+from helpers import run_main
 
 
 def user_style_image(digit, size, style, rng):
@@ -170,8 +170,9 @@ def test_incompatible_model_is_refused(tmp_path):
     assert re.search(r"not a loadable Keras model \(ValueError: \S", lines[0]), lines[0]
 
 
+@pytest.mark.slow
 def test_a_folder_of_2000_images_gives_a_csv_row_each(tmp_path, model_path):
-    from conftest import synthetic_digits
+    from helpers import synthetic_digits
 
     folder = tmp_path / "scans"
     folder.mkdir()

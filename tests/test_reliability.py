@@ -16,7 +16,7 @@ import pytest
 import digit_classifier as dc
 from digitkit import guard
 from digitkit.config import Config
-from conftest import SCRIPT, run_cli, run_main
+from helpers import SCRIPT, run_cli, run_main
 
 LONG = ["--epochs", "60", "--hidden", "32", "--batch-size", "64"]
 
@@ -43,6 +43,7 @@ def wait_for_epochs(out, count, process, timeout=120):
     pytest.fail("training never reached the expected epoch")
 
 
+@pytest.mark.slow
 def test_sigint_stops_gracefully_and_writes_reports(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, *LONG)
@@ -66,6 +67,7 @@ def test_sigint_stops_gracefully_and_writes_reports(tmp_path, synthetic_dir):
     assert f"during epoch {metrics['epochs_completed'] + 1}" in stdout
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_sigint(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, "--quiet", *LONG)
@@ -76,6 +78,7 @@ def test_sigterm_is_handled_like_sigint(tmp_path, synthetic_dir):
     assert json.loads((out / "metrics.json").read_text())["interrupted"] is True
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_finishes_the_same_number_of_epochs(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     args = ["--data-dir", synthetic_dir, "--output-dir", out, "--epochs", "25",
@@ -115,6 +118,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, synthetic_dir):
     assert "starting from scratch" in result.stdout
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_error_and_no_result(tmp_path, synthetic_dir):
     result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--quiet",
                       "--learning-rate", "1e8", "--epochs", "3")
@@ -174,6 +178,7 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, synthetic_dir):
     # A 200 KB tmpfs in a private mount namespace fills up while the run saves its files.
     # Root mounts it directly; anyone else through an unprivileged user namespace.
@@ -206,6 +211,7 @@ def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, syntheti
     assert "LEFT=0" in result.stdout
 
 
+@pytest.mark.slow
 def test_deterministic_runs_are_identical(tmp_path, synthetic_dir):
     import keras
 
@@ -260,6 +266,7 @@ def assert_only_complete_files(out):
             assert zipfile.ZipFile(path).testzip() is None
 
 
+@pytest.mark.slow
 def test_second_sigint_exits_at_once_leaving_only_complete_files(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, *LONG)
@@ -295,6 +302,7 @@ def wait_for_file(pattern, folder, process, timeout=120):
     pytest.fail(f"{pattern} never appeared")
 
 
+@pytest.mark.slow
 def test_sigint_while_writing_reports_stops_keeping_complete_files(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, "--epochs", "2",

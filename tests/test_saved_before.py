@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_main, write_dataset
+from helpers import ROOT, run_main, write_dataset
 
 FIXTURES = ROOT / "tests" / "fixtures" / "saved-by-d184608"
 FASHION_CLASSES = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -30,6 +30,7 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.parametrize("run, flags", [("model", []),
                                         ("unfinished", ["--dataset", "fashion-mnist"])])
+@pytest.mark.slow
 def test_evaluate_reproduces_the_accuracy_the_old_version_recorded(workdir, run, flags):
     recorded = json.loads((workdir / "saved" / run / "metrics.json").read_text())
     out = workdir / f"evaluated-{run}"
@@ -45,7 +46,7 @@ def test_evaluate_reproduces_the_accuracy_the_old_version_recorded(workdir, run,
 def test_predict_labels_an_old_fashion_model_with_clothing(workdir, tmp_path):
     from PIL import Image
 
-    from conftest import synthetic_digits
+    from helpers import synthetic_digits
 
     images, _ = synthetic_digits(3, seed=5)
     for i, image in enumerate(images):
@@ -58,6 +59,7 @@ def test_predict_labels_an_old_fashion_model_with_clothing(workdir, tmp_path):
     assert all(answer["prediction"] in FASHION_CLASSES for answer in answers), answers
 
 
+@pytest.mark.slow
 def test_draw_serves_an_old_model_and_reads_its_calibration(workdir):
     from test_draw import a_one, draw_server, request
 
@@ -71,6 +73,7 @@ def test_draw_serves_an_old_model_and_reads_its_calibration(workdir):
         assert status == 200 and reply["prediction"] in "0123456789", reply
 
 
+@pytest.mark.slow
 def test_resume_finishes_an_old_unfinished_run(workdir, monkeypatch):
     out = workdir / "resumed"
     shutil.copytree(workdir / "saved" / "unfinished", out)

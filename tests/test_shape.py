@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SCRIPT
+from helpers import ROOT, SCRIPT
 
 PACKAGE = ROOT / "digitkit"
 # Imported before the flags chose Keras' backend: they must not load Keras or its friends.
@@ -71,6 +71,7 @@ def test_the_modules_used_before_the_backend_is_chosen_load_no_framework(module)
     assert json.loads(probe.stdout) == []
 
 
+@pytest.mark.slow
 def test_a_tensorflow_run_loads_neither_jax_nor_scipys_statistics_yet_both_stay_importable():
     # TensorFlow imports JAX at start-up when it is installed, Seaborn SciPy's statistics;
     # a run on TensorFlow uses neither (about 1.4 s of every run: docs/performance.md).

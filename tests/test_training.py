@@ -16,7 +16,7 @@ from PIL import Image
 import digit_classifier as dc
 from digitkit import augment, backend, metrics, networks, plots, report, training
 from digitkit.config import Config, DATASETS, DIGITS, RunError
-from conftest import FAST, run_cli, run_main
+from helpers import FAST, run_cli, run_main
 
 PNGS = ["confusion_matrix.png", "confusion_matrix_normalized.png", "training_curves.png",
         "misclassified.png", "samples.png", "calibration.png", "robustness.png", "corruptions.png"]
@@ -93,6 +93,7 @@ def test_pngs_are_valid_images_of_sensible_size(trained_synthetic):
         assert image.size == (1000, 700)  # figure size 10x7 at 100 dpi
 
 
+@pytest.mark.slow
 def test_no_plots_writes_every_record_and_no_picture(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     result = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST, "--no-plots",
@@ -185,7 +186,11 @@ def test_evaluate_reproduces_the_training_accuracy(trained_synthetic, synthetic_
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
-    assert evaluated["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
+    # The same predictions give the same loss up to float32 rounding in another summation
+    # order (threads): relative for ordinary losses, a few epsilons absolute for a loss near
+    # zero (1.1951e-07 against 1.1921e-07 was seen on a loaded machine).
+    assert evaluated["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5,
+                                                   abs=16 * float(np.finfo(np.float32).eps))
     for name in PNGS:
         assert (tmp_path / "evaluation" / name).is_file() == (name != "training_curves.png")
     assert not (tmp_path / "evaluation" / "model.keras").exists()
@@ -198,6 +203,7 @@ def test_evaluate_reproduces_the_training_accuracy(trained_synthetic, synthetic_
     assert html.escape(trained["architecture"]) in page
 
 
+@pytest.mark.slow
 def test_fashion_mnist_uses_clothing_names(tmp_path, synthetic_dir):
     result = run_main("--dataset", "fashion-mnist", "--data-dir", synthetic_dir,
                       "--output-dir", tmp_path, *FAST)
@@ -213,6 +219,7 @@ def test_fashion_mnist_uses_clothing_names(tmp_path, synthetic_dir):
     assert metrics["config"]["learning_rate"] == 1e-3  # not given: the dataset's default
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing(tmp_path, synthetic_dir):
     result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--quiet",
                      "--epochs", "1", "--hidden", "8")
@@ -370,6 +377,7 @@ def test_deskewing_stands_a_slanted_stroke_upright_and_centres_it():
                                atol=0.02)
 
 
+@pytest.mark.slow
 def test_a_deskewing_model_deskews_in_use_and_after_a_plain_keras_load(tmp_path):
     import keras
 
@@ -395,6 +403,7 @@ def test_a_deskewing_model_deskews_in_use_and_after_a_plain_keras_load(tmp_path)
     assert np.abs(upright[0] - upright[1]).mean() < 0.25 * np.abs(images[0] - images[1]).mean()
 
 
+@pytest.mark.slow
 def test_one_network_runs_one_op_at_a_time_on_a_cpu_and_a_committee_side_by_side():
     # A fresh process each, since TensorFlow takes thread settings only before it starts.
     def inter_op_threads(committee):
@@ -431,6 +440,7 @@ def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
                            members[1].layers[-2].get_weights()[0])
 
 
+@pytest.mark.slow
 def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     result = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
@@ -458,6 +468,7 @@ def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path
     assert evaluated["test_accuracy"] == metrics["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, synthetic_dir):
     pytest.importorskip("jax", reason="the JAX backend needs jax (requirements-dev.txt)")
     out = tmp_path / "out"
@@ -474,6 +485,9 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
     assert evaluated["test_accuracy"] == pytest.approx(trained["test_accuracy"], abs=0.0051)
 
 
+# The model checkpointed here never trained, so its optimizer has no state yet; Keras says so
+# when the loaded model's (built) optimizer finds nothing to read. A trained run's has state.
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer:UserWarning")
 def test_checkpoint_of_a_distorting_committee_loads_for_resume(tmp_path):
     config = Config(hidden=(8,), augment="elastic", deskew=True, committee=2, quiet=True)
     model = dc.compile_model(dc.build_model(config), config, steps_per_epoch=4)
@@ -529,7 +543,7 @@ def test_score_matches_a_hand_computed_example():
 def test_patience_stops_early_and_keeps_the_best_epoch():
     import keras
 
-    from conftest import synthetic_digits
+    from helpers import synthetic_digits
 
     x, y = synthetic_digits(600, seed=4)
     x = x.astype(np.float32) / 255
@@ -556,7 +570,7 @@ def test_patience_stops_early_and_keeps_the_best_epoch():
 
 
 def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json():
-    from conftest import synthetic_digits
+    from helpers import synthetic_digits
 
     x_train, y_train = synthetic_digits(600, seed=1)
     x_test, y_test = synthetic_digits(200, seed=2)

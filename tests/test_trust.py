@@ -11,7 +11,7 @@ from PIL import Image
 import digit_classifier as dc
 from digitkit import backend, images, metrics, training, trust
 from digitkit.config import CONFIDENCE_LEVELS, Config
-from conftest import FAST, run_main, synthetic_digits
+from helpers import FAST, run_main, synthetic_digits
 
 
 def digits(count, seed):
@@ -98,6 +98,7 @@ def test_without_a_validation_split_no_temperature_is_fitted(tmp_path, synthetic
     assert "No calibration fitted" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_plain_keras_program_gets_the_scripts_probabilities(trained_synthetic, tmp_path):
     out, _ = trained_synthetic
     metrics = json.loads((out / "metrics.json").read_text())

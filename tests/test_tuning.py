@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, SCRIPT, cli_environment, run_main
+from helpers import FAST, SCRIPT, cli_environment, run_main
 
 TINY = [*FAST]  # pins the epochs, hidden layers, batch size and distortion: two settings left
 
@@ -31,6 +31,7 @@ def trials(output_dir):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it(
         synthetic_dir, tmp_path):
     out = tmp_path / "out"
@@ -61,6 +62,7 @@ def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it
     assert len(list((out / "previous").iterdir())) == 1  # the first run's files, kept
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(synthetic_dir, tmp_path):
     import optuna
 
@@ -83,6 +85,7 @@ def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(syntheti
     assert [row["state"] for row in trials(tmp_path)] == ["pruned", "pruned"]
 
 
+@pytest.mark.slow
 def test_a_study_made_with_other_settings_is_refused_and_kept(synthetic_dir, tmp_path):
     import digit_classifier
     from digitkit import cli, tuning
@@ -147,6 +150,7 @@ def trials_training(database):
             return set()
 
 
+@pytest.mark.slow
 def test_a_search_killed_mid_trial_finishes_the_remaining_trials_when_run_again(
         synthetic_dir, tmp_path):
     out = tmp_path / "out"
@@ -199,6 +203,7 @@ def test_only_a_stopped_trial_that_had_chosen_its_settings_is_queued_again():
     assert trials[2].system_attrs["fixed_params"] == chosen.params
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_search_and_queues_the_stopped_trial_to_run_again(
         synthetic_dir, tmp_path):
     out = tmp_path / "out"
@@ -253,6 +258,7 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_on_postgresql(postgres_url, synthetic_dir, tmp_path):
     args = ["--data-dir", synthetic_dir, "--tune", "6", "--tune-storage", postgres_url,
             "--study-name", "shared", *TINY[:1], "4", *TINY[2:], "--no-plots"]

@@ -7,6 +7,7 @@
 #     "matplotlib>=3.8,<4",
 #     "seaborn>=0.13,<0.14",
 #     "pillow>=10,<13",
+#     "opencv-python-headless>=4.10,<6",
 #     "tensorboard>=2.16,<2.22",
 #     "optuna>=5.0,<6",
 # ]
@@ -361,8 +362,7 @@ def run(mode, config, options):
         backend.start(config)
         from digitkit import saved
 
-        return saved.run_prediction(config, options["model"], options["images"],
-                                    options["json"], options["min_confidence"], output_dir)
+        return saved.run_prediction(config, options, output_dir)
     if mode == "compare":
         guard.check_memory(config, options["specs"])
     output_dir = guard.prepare_output_dir(config.output_dir, lock=True,

@@ -8,7 +8,8 @@ Each condition renders `--count` test digits (the first ones, in order) onto a p
 page: grey paper, light falling off across it, the digit small and off-centre, a slight blur
 and JPEG compression, and what the condition adds (sensor noise, ruled or squared paper,
 coloured ink, a pencil's thin grey stroke, chalk on a blackboard, a shadow). "numbers" puts
-2-4 consecutive test digits side by side, as a house number or a year is written. The images
+2-4 consecutive test digits side by side, as a house number or a year is written; --uci adds
+the UCI handwritten digits (43 writers, 8x8) that scikit-learn ships. The images
 go through the same reading as `--predict` (digitkit.ink) and the model; the script prints
 one row per condition (right answers, and the share of answers called sure that are right).
 The tests import the renderer (tests/test_own_digits.py); nothing here is used by the
@@ -90,7 +91,7 @@ def photograph(digits, rng, condition):
     paper, ink = page(rng, condition)
     tall = int(rng.integers(20, 32)) if condition == "small" else int(rng.integers(70, 150))
     alphas = [stroke_alpha(d, tall, rng, thin=condition == "pencil") for d in digits]
-    gaps = [int(rng.integers(tall // 8, tall // 3)) for _ in alphas[1:]]
+    gaps = [int(rng.integers(tall // 8, tall // 3)) for _ in alphas[1:]]  # none: a blank page
     total = sum(a.shape[1] for a in alphas) + sum(gaps)
     coverage = np.zeros((height, width), np.float32)
     top = int(rng.integers(10, height - tall - 10))
@@ -134,11 +135,13 @@ def rendered(x_test, y_test, condition, count, seed=0):
 
 def measure(model_path, x_test, y_test, conditions, count):
     """Rows of (condition, right, count, sure and right, sure) with the program's reading."""
-    from digitkit import backend, predict
+    from digitkit import backend
     from digitkit.config import Config
 
     backend.start(Config())
-    reader = predict.DigitReader.load(model_path)
+    from digitkit.reader import DigitReader
+
+    reader = DigitReader.load(model_path)
     for condition in conditions:
         right = sure = sure_right = 0
         for photo, label in rendered(x_test, y_test, condition, count):
@@ -149,6 +152,25 @@ def measure(model_path, x_test, y_test, conditions, count):
         yield condition, right, count, sure_right, sure
 
 
+def uci_digits():
+    """The UCI optical digits scikit-learn ships (1,797 images, 8x8, 43 writers) as (image,
+    label) pairs: uint8 grey images, white ink on black as the 0-16 counts give it."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for image, label in zip(digits.images, digits.target):
+        yield np.uint8(np.round(image * 255 / 16)), str(int(label))
+
+
+def measure_uci(model_path):
+    """(right, count) on the UCI digits with the program's reading."""
+    from digitkit.reader import DigitReader
+
+    reader = DigitReader.load(model_path)
+    results = [reader.read(image)["prediction"] == label for image, label in uci_digits()]
+    return sum(results), len(results)
+
+
 def main(argv=None):
     """Print the accuracy table for the conditions asked for."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -157,6 +179,8 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS),
                         choices=CONDITIONS)
+    parser.add_argument("--uci", action="store_true", help="also the UCI handwritten digits "
+                        "scikit-learn ships (pip install scikit-learn)")
     parser.add_argument("--save", type=Path, help="also save the first 8 photos of each "
                         "condition here, to look at")
     args = parser.parse_args(argv)
@@ -177,6 +201,9 @@ def main(argv=None):
             args.model, x_test, y_test, args.conditions, args.count):
         print(f"{condition:<10} {right:>5}/{count} {right / count:6.2%} "
               f"{sure_right:>6}/{sure} {sure_right / max(sure, 1):6.2%}", flush=True)
+    if args.uci:
+        right, count = measure_uci(args.model)
+        print(f"{'uci':<10} {right:>5}/{count} {right / count:6.2%}")
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
 

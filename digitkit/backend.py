@@ -42,8 +42,9 @@ def start(config):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ["KERAS_BACKEND"] = config.backend
     # TensorFlow's TFLite converter imports JAX at start-up whenever it is installed (0.6 s),
-    # for a JAX converter this script never uses.
-    unused = ["jax"] if config.backend == "tensorflow" else []
+    # for a JAX converter this script never uses; Keras imports scikit-learn (0.6 s, and
+    # SciPy's statistics with it), for scikit-learn wrappers it never uses either.
+    unused = ["jax", "sklearn"] if config.backend == "tensorflow" else ["sklearn"]
     try:
         with NativeStderrSilenced():
             keras = import_without("keras", unused)

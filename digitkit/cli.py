@@ -251,6 +251,10 @@ def build_parser():
                              "(default: OUTPUT_DIR/model.keras)")
     output.add_argument("--json", action="store_true",
                         help="with --predict, print one JSON object per image")
+    output.add_argument("--explain", action="store_true",
+                        help="with --predict, also save explain/NAME.png for each image named: "
+                             "the photo, the ink found, the digits cut out and what the model "
+                             "saw, so you see where a reading went wrong")
     output.add_argument("--min-confidence", type=probability, metavar="P",
                         help="with --predict or --draw, mark answers whose calibrated top probability is "
                              f"below P as unsure (default: {MIN_CONFIDENCE:g}; report.html shows "
@@ -281,6 +285,7 @@ def parse_command_line(argv=None):
 
     if mode != "predict":
         refuse("json", "only with --predict")
+        refuse("explain", "only with --predict")
     if mode not in ("predict", "draw"):
         refuse("min_confidence", "only with --predict or --draw")
     if mode != "draw":
@@ -339,7 +344,7 @@ def parse_command_line(argv=None):
         parser.error("argument --tune: trials are scored on the validation split; give "
                      "--validation-split above 0")
     options = dict(specs=args.get("compare"), images=args.get("predict"),
-                   json=args.get("json", False),
+                   json=args.get("json", False), explain=args.get("explain", False),
                    min_confidence=args.get("min_confidence", MIN_CONFIDENCE),
                    model=model_path, recorded=recorded, port=args.get("port", DRAW_PORT),
                    tune=args.get("tune"), tune_minutes=args.get("tune_minutes"),

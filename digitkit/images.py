@@ -1,8 +1,8 @@
-"""Images: a user's photo, scan or drawing of one digit, made to look like MNIST.
+"""Images: reading a user's photo, scan or drawing of digits from a file or bytes.
 
-Reads any image Pillow can, flattens transparency, finds the ink whatever the paper, and
-centres it in 28x28 as MNIST's digits are. Shared by --predict and --draw. Imports Pillow
-and NumPy only.
+Reads any image Pillow can, within a pixel limit, and flattens transparency onto the paper
+that contrasts with the ink; digitkit/ink.py then finds the digits in it. Shared by
+--predict, --draw and the Python API (digitkit/reader.py).
 """
 
 import warnings
@@ -11,19 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from digitkit.config import IMAGE_MAX_PIXELS, IMAGE_SHAPE
-
-MNIST_CENTRE_OF_MASS = 14.0  # where MNIST's digits have their centre of mass, in pixel indices
-INK_THRESHOLD = 0.25  # fraction of the strongest ink below which a pixel counts as background
-MIN_INK_CONTRAST = 0.12  # weaker contrast than this between ink and paper means a blank image
-
-
-class ImageError(Exception):
-    """An image that cannot be classified: missing, unreadable or blank."""
-
-
-class BlankImageError(ImageError):
-    """An image with no ink on it."""
+from digitkit import ink
+from digitkit.config import IMAGE_MAX_PIXELS
+from digitkit.ink import BlankImageError, ImageError  # noqa: F401 (the errors callers catch)
 
 
 def read_image(path):
@@ -61,7 +51,9 @@ def decode_image(source, max_pixels=IMAGE_MAX_PIXELS):
         raise ImageError(f"unreadable image ({err})") from None
     if "A" in image.getbands() or "transparency" in image.info:
         image = flatten_transparency(image.convert("RGBA"))
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255
+    grey = image.mode in ("1", "L", "I", "I;16", "F") or (image.mode == "P" and all(
+        r == g == b for r, g, b in zip(*[iter(image.getpalette() or [])] * 3)))
+    return np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255
 
 
 def flatten_transparency(rgba):
@@ -77,39 +69,10 @@ def flatten_transparency(rgba):
     return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
-def to_mnist_format(gray):
-    """Make any photo or scan of one digit look like MNIST: white ink on black, 20x20 in 28x28.
-
-    The background is the median of the image border; light backgrounds are inverted. The
-    ink is cropped, scaled to fit a 20x20 box keeping its aspect ratio, and placed so that
-    its centre of mass lies where MNIST's does.
-    """
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = float(np.median(border))
-    ink = (background - gray) if background > 0.5 else (gray - background)
-    ink = np.clip(ink, 0, None)
-    strongest = float(ink.max()) if ink.size else 0.0
-    if strongest < MIN_INK_CONTRAST:
-        raise BlankImageError("no ink found: the image looks blank")
-    ink /= strongest
-    ink[ink < INK_THRESHOLD] = 0  # paper texture and JPEG noise
-    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    height, width = ink.shape
-    scale = 20 / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    patch = Image.fromarray(np.uint8(np.round(ink * 255))).resize(size, Image.LANCZOS)
-    patch = np.asarray(patch, dtype=np.float32) / 255
-    patch /= max(float(patch.max()), 1e-6)
-    ys, xs = np.indices(patch.shape)
-    mass = patch.sum()
-    top = int(round(MNIST_CENTRE_OF_MASS - (ys * patch).sum() / mass))
-    left = int(round(MNIST_CENTRE_OF_MASS - (xs * patch).sum() / mass))
-    top = min(max(top, 0), IMAGE_SHAPE[0] - patch.shape[0])
-    left = min(max(left, 0), IMAGE_SHAPE[1] - patch.shape[1])
-    field = np.zeros(IMAGE_SHAPE, dtype=np.float32)
-    field[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
-    return field
+def to_mnist_format(pixels):
+    """One digit (a drawing, or an image that holds a single digit) as MNIST's 28x28: all
+    the ink found is that digit (digitkit/ink.py)."""
+    return ink.read(pixels, single=True).digits[0].image
 
 
 def visible_entries(folder):

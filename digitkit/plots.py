@@ -6,6 +6,7 @@ this module only when a run has pictures to draw.
 """
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -119,7 +120,10 @@ def mosaic(images, columns, above=0, left=0):
 def mosaic_figure(canvas, title):
     """A figure showing the canvas pixel for pixel (no axis per image), a title above it."""
     height, width = canvas.shape
-    title_inches = 0.6
+    # Wrapped to the picture's width, so that a mosaic of one or two images shows it whole.
+    per_line = max(16, int(width * INCHES_PER_PIXEL * 72 / (14.4 * 0.55)))
+    title = "\n".join(textwrap.wrap(title, per_line)) or title
+    title_inches = 0.35 + 0.25 * (title.count("\n") + 1)
     fig = plt.figure(figsize=(width * INCHES_PER_PIXEL,
                               height * INCHES_PER_PIXEL + title_inches))
     image_share = height * INCHES_PER_PIXEL / fig.get_figheight()
@@ -139,7 +143,9 @@ def plot_digit_grid(images, captions, title, path, columns=8, caption_colours=No
     canvas, centres = mosaic(images, columns, above=10 * lines + 2)
     fig, ax = mosaic_figure(canvas, title)
     for i, (x, y) in enumerate(centres):
-        ax.text(x, y - TILE / 2 - 2, captions[i], ha="center", va="bottom", fontsize=8.5,
+        # A file name is shown as it is: a $ would start Matplotlib's math text.
+        ax.text(x, y - TILE / 2 - 2, captions[i].replace("$", r"\$"), ha="center",
+                va="bottom", fontsize=8.5,
                 color=caption_colours[i] if caption_colours else "black")
     return save_figure(fig, path)
 
@@ -291,3 +297,42 @@ def add_robustness_picture(images, robustness_record, config):
     images.insert(images.index(corruptions), plot_robustness(
         robustness_record, DATASETS[config.dataset]["title"],
         Path(corruptions).parent / "robustness.png"))
+
+
+def plot_reading(reading, result, name, path):
+    """How one image was read (--explain): the photo, the ink found with the lighting evened
+    out, the ink kept with each digit's box (ruled lines dropped, in red), and each digit as
+    the model saw it with its answer."""
+    digits = result.get("digits", [result])
+    steps = reading.steps
+    columns = max(3, len(digits))
+    fig = plt.figure(figsize=(3.2 * 3, 6.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(1.6, 1))
+    axes = top.subplots(1, 3)
+    photo = steps["photo"]
+    axes[0].imshow(photo, cmap="gray" if photo.ndim == 2 else None, vmin=0, vmax=1)
+    axes[0].set_title("the image")
+    axes[1].imshow(steps["ink"], cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("ink, lighting evened out")
+    kept = np.stack([steps["lines"], steps["mask"], steps["mask"]], axis=-1).astype(np.float32)
+    axes[2].imshow(kept)
+    for k, digit in enumerate(reading.digits, start=1):
+        x, y, w, h = digit.box
+        axes[2].add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, lw=1.2,
+                                        ec="tab:orange" if digit.doubtful else "tab:green"))
+        axes[2].text(x, y - 2, str(k), color="tab:green", fontsize=9, va="bottom")
+    axes[2].set_title(f"kept: {len(reading.digits)} digit{'s' * (len(reading.digits) > 1)}")
+    for ax in axes:
+        ax.axis("off")
+    small = bottom.subplots(1, columns, squeeze=False)[0]
+    for ax in small:
+        ax.axis("off")
+    for ax, digit, said in zip(small, reading.digits, digits):
+        ax.imshow(digit.image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{said['prediction']} ({said['probability']:.0%})", fontsize=10,
+                     color="tab:red" if said["unsure"] else "black")
+    doubt = f"; {result['doubtful']}" if result.get("doubtful") else ""
+    fig.suptitle(f"{name}: {result['prediction']} ({result['probability']:.1%})"
+                 f"{' unsure' if result['unsure'] else ''}{doubt}".replace("$", r"\$"))
+    path.parent.mkdir(exist_ok=True)
+    return save_figure(fig, path)

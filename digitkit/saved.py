@@ -11,26 +11,30 @@ import itertools
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from digitkit import plots, trust
+from digitkit import ink, plots, trust
 from digitkit.config import (CALIBRATION_BINS, DATASETS, EVAL_BATCH_SIZE, IMAGE_SHAPE,
                              NUM_CLASSES, RunError, one_line)
-from digitkit.guard import (publish, require_model_file, staging_dir, train_first,
-                            write_atomically, write_json)
-from digitkit.images import ImageError, read_image, to_mnist_format, visible_entries
+from digitkit.guard import (STAGING_DIRS, publish, require_model_file, staging_dir,
+                            train_first, write_atomically, write_json)
+from digitkit.images import ImageError, read_image, visible_entries
 from digitkit.metrics import answer, score
 from digitkit.networks import architecture, saved_dataset
+from digitkit.reader import DigitReader
 from digitkit.report import build_record, print_summary, say, timed, write_html_report
 
 PREDICT_CHUNK = 512  # images read and classified at a time, so memory stays bounded
 PREDICTIONS_SHOWN = 48  # at most this many images in predictions.png
+EXPLAINED_MAX = 50  # --explain draws the steps for at most this many images
+PREDICTION_FILES = ("predictions.csv", "predictions.png", "explain")
 PREDICTION_COLUMNS = ("file", "prediction", "probability", "second", "second_probability",
-                      "third", "third_probability", "unsure")
+                      "third", "third_probability", "unsure", "digits")
 
 
 def load_saved_model(path, config):
@@ -124,26 +128,29 @@ def image_sources(paths, own=()):
             yield path, True
 
 
-def prepared_images(sources, problems):
-    """(path, 28x28 image) for each source that is an image; the others are reported on
+def readings(sources, problems, single):
+    """(path, ink.Reading) for each source that is an image; the others are reported on
     stderr (an error for a file named, "skipped" for a folder's) and listed in problems."""
     for path, named in sources:
         try:
-            yield path, to_mnist_format(read_image(path))
+            yield path, ink.read(read_image(path), single=single)
         except ImageError as err:
             print(f"{'error' if named else 'skipped'}: {shown_path(path)}: {err}",
                   file=sys.stderr)
             problems.append((path, named))
 
 
-def classify(model, images, chunk=PREDICT_CHUNK):
-    """(path, image, probabilities) for each (path, image), predicted chunk images at a time."""
-    images = iter(images)
-    while batch := list(itertools.islice(images, chunk)):
-        probabilities = model.predict(np.stack([image for _, image in batch]),
-                                      batch_size=EVAL_BATCH_SIZE, verbose=0)
-        for (path, image), p in zip(batch, probabilities):
-            yield path, image, p
+def classify(model, found, chunk=PREDICT_CHUNK):
+    """(path, reading, probabilities per digit) for each (path, reading), the digits of
+    about chunk images predicted at a time."""
+    found = iter(found)
+    while batch := list(itertools.islice(found, chunk)):
+        digits = np.stack([digit.image for _, reading in batch for digit in reading.digits])
+        probabilities = model.predict(digits, batch_size=EVAL_BATCH_SIZE, verbose=0)
+        start = 0
+        for path, reading in batch:
+            yield path, reading, probabilities[start:start + len(reading.digits)]
+            start += len(reading.digits)
 
 
 class ShownImages:
@@ -167,70 +174,146 @@ class ShownImages:
         else:
             picked = self.unsure[:self.limit]
             picked += self.sure[:self.limit - len(picked)]
-            what = (f"{len(picked)} of {self.total:,} images, the unsure first" if self.unsure
-                    else f"the first {len(picked)} of {self.total:,} images")
+            what = (f"{len(picked)} of {self.total:,} digits, the unsure first" if self.unsure
+                    else f"the first {len(picked)} of {self.total:,} digits")
         unsure_orders = {order for order, _, _ in self.unsure}
         return (np.stack([image for _, image, _ in picked]), [c for _, _, c in picked],
                 ["tab:red" if order in unsure_orders else "black" for order, _, _ in picked],
                 what)
 
 
-def run_prediction(config, model_path, image_paths, as_json, min_confidence, output_dir):
-    """Classify image files and folders of them with a saved model: a line each on stdout,
-    every answer in predictions.csv and a readable subset in predictions.png.
+def prediction_stage(output_dir):
+    """A hidden folder in output_dir for this --predict's files, published whole at the end
+    (dropped if it fails). Its own name: a training run's staging folder is not touched."""
+    stage = Path(tempfile.mkdtemp(prefix=".predict-", dir=output_dir))
+    STAGING_DIRS.append(stage)
+    return stage
+
+
+def publish_predictions(stage, output_dir):
+    """Move the previous --predict's files to previous/predictions-<when>/, then this one's
+    in; returns where the previous ones went, or None."""
+    old = [output_dir / name for name in PREDICTION_FILES if (output_dir / name).exists()]
+    moved = None
+    if old:
+        when = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(old[0].stat().st_mtime))
+        moved = output_dir / "previous" / f"predictions-{when}"
+        while moved.exists():
+            moved = moved.with_name(moved.name + "+")
+        moved.mkdir(parents=True)
+        for path in old:
+            os.replace(path, moved / path.name)
+    for path in sorted(stage.iterdir()):
+        os.replace(path, output_dir / path.name)
+    stage.rmdir()
+    STAGING_DIRS.remove(stage)
+    return moved
+
+
+def safe_stem(path):
+    """A file name's stem fit to name another file: letters, digits, '-', '_' and '.'."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).stem)[:80] or "image"
+
+
+def answer_line(result):
+    """What --predict prints after an image's name: the answer, its probability, UNSURE, and
+    the next candidates (one digit) or each digit's answer (a number)."""
+    head = (f"{result['prediction']} ({result['probability']:.1%})"
+            f"{'  UNSURE' if result['unsure'] else ''}")
+    if "digits" not in result:
+        others = ", ".join(f"{c['label']} ({c['probability']:.1%})" for c in result["candidates"])
+        return f"{head}  next: {others}"
+    digits = ", ".join(f"{d['prediction']} ({d['probability']:.1%})" for d in result["digits"])
+    doubt = f"  ({result['doubtful']})" if result["doubtful"] else ""
+    return f"{head}  digits: {digits}{doubt}"
+
+
+def csv_row(text, result):
+    """predictions.csv's row for one image: a number's digits, each with its probability, in
+    the last column; a single digit's next two candidates in theirs."""
+    if "digits" in result:
+        digits = " ".join(f"{d['prediction']}:{d['probability']:.6f}" for d in result["digits"])
+        others = ["", "", "", ""]
+    else:
+        digits = ""
+        others = [value for c in result["candidates"]
+                  for value in (c["label"], f"{c['probability']:.6f}")]
+    return [spreadsheet_safe(text), result["prediction"], f"{result['probability']:.6f}",
+            *others, int(result["unsure"]), digits]
+
+
+def offer_digits(shown, name, reading, result):
+    """Offer each digit the model saw to predictions.png, captioned with its answer."""
+    name = name if len(name) <= 20 else f"…{name[-19:]}"  # the end holds a label, if any
+    digits = result.get("digits", [result])
+    for k, (digit, said) in enumerate(zip(reading.digits, digits), start=1):
+        where = f" {k}/{len(digits)}" if len(digits) > 1 else ""
+        shown.offer(digit.image, f"{name}{where}\n{said['prediction']} "
+                    f"({said['probability']:.0%})" + (" unsure" if result["unsure"] else ""),
+                    result["unsure"])
+
+
+def run_prediction(config, options, output_dir):
+    """Classify image files and folders of them (options["images"]) with a saved model
+    (options["model"]): a line each on stdout (or JSON, options["json"]), every answer in
+    predictions.csv and a readable subset in predictions.png (with options["explain"], each
+    image's steps in explain/). A previous --predict's files move to previous/.
 
     Images are read and classified PREDICT_CHUNK at a time, so thousands take little memory.
-    An answer whose (calibrated) top probability is below min_confidence is marked unsure.
+    An answer whose (calibrated) top probability is below options["min_confidence"] is marked
+    unsure.
     """
+    model_path, image_paths, as_json = options["model"], options["images"], options["json"]
+    min_confidence, explain = options["min_confidence"], options["explain"]
     model, trained_on = load_saved_model(model_path, config)
-    class_names = DATASETS[trained_on]["classes"]
-    problems, shown = [], ShownImages()
-    unsure_count = 0
+    reader = DigitReader(model, trained_on, min_confidence)
+    problems, shown, explained = [], ShownImages(), []
+    counts = dict(images=0, unsure=0)
+    stage = prediction_stage(output_dir)
 
     def write_predictions(tmp):
         """Classify everything, printing each answer and writing its CSV row."""
-        nonlocal unsure_count
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(PREDICTION_COLUMNS)
-            own = (output_dir / "predictions.csv", output_dir / "predictions.png")
-            for path, image, p in classify(model, prepared_images(
-                    image_sources(image_paths, own), problems)):
-                result = answer(p, class_names, min_confidence)
-                unsure_count += result["unsure"]
-                second, third = result["candidates"]
+            own = [output_dir / name for name in PREDICTION_FILES]
+            found = readings(image_sources(image_paths, own), problems, not reader.reads_numbers)
+            for path, reading, probabilities in classify(model, found):
+                result = reader.answer(reading, probabilities)
+                counts["images"] += 1
+                counts["unsure"] += result["unsure"]
                 text = shown_path(path)
-                writer.writerow([spreadsheet_safe(text), result["prediction"],
-                                 f"{result['probability']:.6f}",
-                                 second["label"], f"{second['probability']:.6f}",
-                                 third["label"], f"{third['probability']:.6f}",
-                                 int(result["unsure"])])
+                writer.writerow(csv_row(text, result))
                 if as_json:
                     print(json.dumps(dict(file=text, **result)))
-                else:
-                    others = ", ".join(f"{c['label']} ({c['probability']:.1%})"
-                                       for c in result["candidates"])
-                    print(f"{text}: {result['prediction']} ({result['probability']:.1%})"
-                          f"{'  UNSURE' if result['unsure'] else ''}  next: {others}")
-                name = shown_path(path.name)
-                name = name if len(name) <= 20 else f"{name[:9]}…{name[-9:]}"
-                shown.offer(image, f"{name}\n{result['prediction']} ({result['probability']:.0%})"
-                            + (" unsure" if result["unsure"] else ""), result["unsure"])
-        if not shown.total:
+                elif not config.quiet:
+                    print(f"{text}: {answer_line(result)}")
+                offer_digits(shown, shown_path(path.name), reading, result)
+                if explain and len(explained) < EXPLAINED_MAX:
+                    name = f"{safe_stem(path)}.png"
+                    plots.plot_reading(reading, result, shown_path(path.name),
+                                       stage / "explain" / name)
+                    explained.append(output_dir / "explain" / name)
+        if not counts["images"]:
             raise RunError("no image to classify" + (
                 f": none of the {len(problems)} files could be read" if problems else ""))
 
-    write_atomically(output_dir / "predictions.csv", write_predictions)
+    write_atomically(stage / "predictions.csv", write_predictions)
     images, captions, colours, how_many = shown.chosen()
     plots.plot_digit_grid(images, captions,
                     f"{how_many.capitalize() + ' ' if how_many else 'Your images '}as the model "
                     f"saw them, with its prediction (unsure, in red: below {min_confidence:.0%})",
-                    output_dir / "predictions.png",
+                    stage / "predictions.png",
                     columns=min(8 if len(images) > 12 else 6, len(images)),
                     caption_colours=colours)
+    moved = publish_predictions(stage, output_dir)
     if not as_json and not config.quiet:
+        if moved:
+            print(f"the previous predictions are now in {moved}")
         skipped = sum(not named for _, named in problems)
-        print(f"classified {shown.total:,} images ({unsure_count:,} unsure)"
+        print(f"classified {counts['images']:,} image{'s' * (counts['images'] != 1)} "
+              f"({counts['unsure']:,} unsure)"
               + (f"; skipped {skipped:,} files that are not images" if skipped else ""))
         print(f"wrote {output_dir / 'predictions.csv'}\nwrote {output_dir / 'predictions.png'}")
+        print("".join(f"wrote {path}\n" for path in explained), end="")
     return 1 if any(named for _, named in problems) else 0

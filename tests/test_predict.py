@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitkit import data, images, plots, saved
+from digitkit import data, images, ink, plots, saved
 from digitkit.config import DIGITS, MIN_CONFIDENCE
 from helpers import run_main
 
@@ -198,7 +198,7 @@ def test_a_folder_of_2000_images_gives_a_csv_row_each(tmp_path, model_path):
     assert [row["file"] for row in rows] == [str(single)] + [
         str(folder / f"scan{i:04d}.png") for i in range(2000)]
     assert list(rows[0]) == ["file", "prediction", "probability", "second", "second_probability",
-                             "third", "third_probability", "unsure"]  # as the README lists
+                             "third", "third_probability", "unsure", "digits"]  # as the README lists
     for row in rows[:50]:
         p = [float(row["probability"]), float(row["second_probability"]),
              float(row["third_probability"])]
@@ -233,7 +233,8 @@ class RecordingModel:
 
 def test_images_are_classified_a_bounded_chunk_at_a_time():
     model = RecordingModel()
-    images = ((f"{i}.png", np.zeros((28, 28), np.float32)) for i in range(1001))
+    one = ink.Reading([ink.Digit(np.zeros((28, 28), np.float32), (0, 0, 1, 1))])
+    images = ((f"{i}.png", one) for i in range(1001))
     results = list(saved.classify(model, images, chunk=100))
     assert model.batches == [100] * 10 + [1]
     assert [path for path, _, _ in results] == [f"{i}.png" for i in range(1001)]
@@ -246,7 +247,7 @@ def test_the_picture_shows_a_bounded_subset_unsure_first():
     images, captions, colours, how_many = shown.chosen()
     assert captions == ["image 5", "image 7", "image 0", "image 1"]
     assert colours == ["tab:red", "tab:red", "black", "black"]
-    assert how_many == "4 of 10 images, the unsure first" and len(images) == 4
+    assert how_many == "4 of 10 digits, the unsure first" and len(images) == 4
     few = saved.ShownImages(limit=4)
     for i in range(3):
         few.offer(np.zeros((28, 28), np.float32), f"image {i}", unsure=i == 1)

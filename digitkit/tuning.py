@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -179,14 +180,17 @@ def create_or_join(url, name, embedded, attempts=5):
     """The study `name` in the database at url, created with its tables if they are missing.
 
     Workers started together on a new database race to create Optuna's tables, and all but
-    one fail on a table or type that already exists (optuna/optuna#1092): those try again,
-    and find the tables made.
+    one fail on a table, type or version row that already exists (optuna/optuna#1092): on
+    PostgreSQL those try again, and find the tables made; on an SQLite file they take turns
+    (a lock beside the file), so none fails.
     """
     import sqlalchemy
 
     for attempt in range(attempts):
         try:
-            with quiet_experimental():  # heartbeats
+            # An embedded study is its output folder's, which this process has locked.
+            alone = contextlib.nullcontext() if embedded else one_at_a_time(url)
+            with quiet_experimental(), alone:  # heartbeats
                 storage = optuna.storages.RDBStorage(
                     url, heartbeat_interval=None if embedded else HEARTBEAT_SECONDS,
                     grace_period=None if embedded else STALE_SECONDS,
@@ -198,10 +202,30 @@ def create_or_join(url, name, embedded, attempts=5):
                                                    n_warmup_steps=PRUNE_AFTER_EPOCHS))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
                 sqlalchemy.exc.OperationalError) as err:
-            racing = any(word in str(err).lower() for word in ("exist", "duplicate"))
+            racing = any(word in str(err).lower()
+                         for word in ("exist", "duplicate", "unique constraint", "locked"))
             if attempt == attempts - 1 or not racing:
                 raise
             time.sleep(0.5 + attempt)
+
+
+@contextlib.contextmanager
+def one_at_a_time(url):
+    """For an SQLite file: hold an exclusive lock on FILE.lock while the block runs, so that
+    processes on one machine create and open the study in turn. Other databases: nothing."""
+    import fcntl
+
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        yield
+        return
+    database = Path(parsed.database)
+    # Not the database file itself: closing any handle on it would drop SQLite's own locks.
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def counted(study):
@@ -350,7 +374,8 @@ def settle(study, config, signals):
         if not told:
             say(config, f"waiting for {len(running)} trials other workers are running")
             told = True
-        optuna.storages.fail_stale_trials(study)
+        with quiet_experimental():
+            optuna.storages.fail_stale_trials(study)
         time.sleep(SETTLE_SECONDS)
     return True
 

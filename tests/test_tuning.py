@@ -289,3 +289,60 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, synthetic_dir, 
     bests = [json.loads((tmp_path / f"worker{i}" / "metrics.json").read_text())["tuning"]
              ["best"][0]["number"] for i in (1, 2)]
     assert bests[0] == bests[1] == study.best_trial.number
+
+
+OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from digitkit import tuning
+go = Path(sys.argv[3])
+Path(sys.argv[4]).touch()  # ready: Optuna imported
+while not go.exists():  # all start together
+    time.sleep(0.002)
+tuning.create_or_join(sys.argv[2], "together", embedded=False)
+print("opened")
+"""
+
+
+def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
+    from helpers import ROOT
+
+    for round_ in range(4):
+        database, go = tmp_path / f"shared{round_}.db", tmp_path / f"go{round_}"
+        ready = [tmp_path / f"ready{round_}-{i}" for i in range(4)]
+        workers = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_TOLD, str(ROOT),
+                                     f"sqlite:///{database}", str(go), str(flag)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                   for flag in ready]
+        deadline = time.monotonic() + 120  # bounds a hang
+        while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        outputs = [worker.communicate(timeout=120) for worker in workers]
+        for worker, (stdout, stderr) in zip(workers, outputs):
+            assert (worker.returncode, stdout, stderr) == (0, "opened\n", ""), round_
+
+
+@pytest.mark.slow
+def test_two_workers_started_together_on_one_sqlite_file_share_its_study(synthetic_dir,
+                                                                          tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = ["--data-dir", synthetic_dir, "--tune", "4", "--tune-storage", url,
+            "--study-name", "s", *TINY[:1], "1", *TINY[2:], "--no-plots", "--quiet"]
+    workers = [subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args),
+                                 "--output-dir", tmp_path / f"w{i}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=cli_environment()) for i in (1, 2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+        assert stderr == ""  # no Optuna warning, no traceback
+
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 4 <= len(done) <= 5, [t.state for t in study.trials]
+    params = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(params)) == len(params)

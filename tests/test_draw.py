@@ -234,15 +234,19 @@ def test_drawings_beyond_those_read_at_once_are_told_to_come_back(server):
             stalled.append(raw)
         # Once the server has read their headers it waits on their bodies, all four slots
         # taken; until then a drawing may still get through, so ask until it is turned away.
-        deadline = time.monotonic() + 30
+        # Each stalled one sends a byte more each time round, so that none reaches the
+        # server's 15 s timeout on a slow machine and gives its slot back (seen under load).
+        deadline = time.monotonic() + 120  # bounds a hang; the 503 decides
         while (status := request(port, "POST", "/predict", a_one()))[0] != 503:
             assert status[0] == 200 and time.monotonic() < deadline, status
+            for raw in stalled:
+                raw.sendall(b"\0")
             time.sleep(0.2)
         assert "busy" in status[1]["error"]
     finally:
         for raw in stalled:
             raw.close()
-    deadline = time.monotonic() + 30  # their handlers see the bodies end and let go
+    deadline = time.monotonic() + 120  # their handlers see the bodies end and let go
     while (status := request(port, "POST", "/predict", a_one())[0]) == 503:
         assert time.monotonic() < deadline
         time.sleep(0.2)

@@ -45,10 +45,9 @@ each: --evaluate and --predict (digitkit/saved.py), --draw (digitkit/draw.py), -
 --repeats (digitkit/compare.py), --tune (digitkit/tuning.py, whose best trial then trains
 through run_training).
 
-Keras fixes its backend (--backend) when it is first imported, so Keras and the package
-modules that need it are imported inside the functions below, after backend.start(): --help
-and usage errors answer before TensorFlow loads. With a GPU, Keras uses it with no change
-here, and the reports name the device that trained.
+Keras and the package modules that need it are imported inside the functions below, after
+backend.start() has fixed the backend (--backend): --help and usage errors answer before
+TensorFlow loads. Keras uses a GPU when there is one, unchanged; the reports name the device.
 """
 
 import math
@@ -387,6 +386,7 @@ def run(mode, config, options):
 
 def main(argv=None):
     """Parse the flags, run, and turn any failure into one line and an exit status."""
+    cli.usable_streams()  # a closed stdout, an ASCII-only terminal
     mode, config, options = cli.parse_command_line(argv)  # --help, usage errors: exit 0 or 2
     return guard.exit_status(run, mode, config, options)
 

@@ -8,6 +8,8 @@ before TensorFlow is loaded.
 import argparse
 import dataclasses
 import math
+import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -268,6 +270,17 @@ def build_parser():
                              "metrics.json and report.html's tables as usual (default: draw)")
     output.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
+
+
+def usable_streams():
+    """stdout and stderr that cannot fail a run: a closed one (`>&-`) writes nowhere, and
+    what a terminal's encoding cannot show (a name on an ASCII-only one) comes out escaped."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+        elif hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def parse_command_line(argv=None):

@@ -104,8 +104,12 @@ def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, s
 
 def shown_path(path):
     """A path as text that can always be printed and written: bytes that are not UTF-8 (a
-    file name from another system) as \\xNN escapes, instead of an exception."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    file name from another system) as \\xNN escapes, instead of an exception, and control
+    characters (a newline, a terminal's escape) escaped, so a name cannot split a line or
+    retitle the terminal."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def spreadsheet_safe(text):

@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -111,8 +112,8 @@ def shown_url(url):
         import sqlalchemy
 
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: nothing in it to hide
-        return url
+    except Exception:  # not a URL SQLAlchemy can parse: hide what stands where one would
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def driver_url(url):
@@ -144,6 +145,11 @@ def open_study(config, options, output_dir):
     url = (f"sqlite:///{output_dir / STUDY_FILE}" if embedded
            else driver_url(options["tune_storage"]))
     name, shown = options["study_name"] or STUDY_NAME, shown_url(url)
+    try:
+        sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # their text would show a password
+        raise UsageError(f"--tune-storage {shown}: not a database URL SQLAlchemy can read "
+                         f"(dialect://user:password@host:port/database)") from None
     try:
         study = create_or_join(url, name, embedded)
     except ImportError as err:

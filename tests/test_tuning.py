@@ -117,6 +117,9 @@ def test_a_study_made_with_other_settings_is_refused_and_kept(synthetic_dir, tmp
     (["--tune", "2", "--hidden", "32", "--tune-range", "width=32:64"], 2, "not searched"),
     (["--tune", "2", "--validation-split", "0"], 2, "scored on the validation split"),
     (["--tune", "2", "--tune-storage", "not a url"], 2, "not a database URL"),
+    (["--tune", "2", "--tune-storage", "postgresql://tuner:secret@dbhost:port/db"], 2,
+     "postgresql+psycopg://tuner:***@dbhost:port/db: not a database URL"),
+    (["--tune", "2", "--tune-storage", "postgresql://u:secret@[::1/x"], 2, "not a database URL"),
     (["--tune", "2", "--tune-storage", "postgresql://user:secret@127.0.0.1:1/db"], 1,
      "cannot open the study"),
 ])

@@ -178,7 +178,8 @@ def build_parser():
                            f"defaults, shown below as 'dataset: value'")
     data.add_argument("--data-dir", metavar="DIR", type=path_text,
                       help="read the four IDX files (plain or .gz) or an mnist.npz from DIR "
-                           "instead of downloading (default: Keras' download and cache)")
+                           "instead of downloading (default: $DIGIT_CLASSIFIER_DATA_DIR when "
+                           "set, else Keras' download and cache)")
     data.add_argument("--validation-split", type=fraction, metavar="FRACTION",
                       help=f"fraction of the training set held out for validation "
                            f"(default: {d.validation_split})")
@@ -272,6 +273,9 @@ def build_parser():
     return parser
 
 
+DATA_DIR_VARIABLE = "DIGIT_CLASSIFIER_DATA_DIR"  # gives --data-dir's default, offline
+
+
 def usable_streams():
     """stdout and stderr that cannot fail a run: a closed one (`>&-`) writes nowhere, and
     what a terminal's encoding cannot show (a name on an ASCII-only one) comes out escaped."""
@@ -340,6 +344,8 @@ def parse_command_line(argv=None):
     if mode == "evaluate" and "data_dir" not in args and "dataset" not in args:
         recorded = recorded_data(model_path)  # the data the model was trained and tested on
         values.update(recorded or {})
+    if values.get("data_dir") is None and os.environ.get(DATA_DIR_VARIABLE):
+        values["data_dir"] = os.environ[DATA_DIR_VARIABLE]  # --data-dir's default, when set
     config = Config(**values)
 
     if config.patience is not None and config.validation_split == 0:

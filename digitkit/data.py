@@ -134,8 +134,9 @@ def download_dataset(dataset):
         if not is_download_failure(err):
             raise  # a bug, not the network: let it show
         raise RunError(f"could not download {DATASETS[dataset]['title']}: {download_failure(err)}; "
-                       f"without a network, pass --data-dir DIR holding its four IDX files "
-                       f"(README, Usage: Offline)") from None
+                       f"without a network, pass --data-dir DIR holding its four IDX files, "
+                       f"or set DIGIT_CLASSIFIER_DATA_DIR=DIR for every command (where to get "
+                       f"them: docs/data.md, Offline use)") from None
     arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return arrays, {key: f"keras.datasets.{loader.__name__.rsplit('.', 1)[-1]}" for key in arrays}
 

@@ -10,6 +10,12 @@ import pytest
 from helpers import FAST, ROOT, built_once, run_cli, run_main, write_dataset
 
 
+@pytest.fixture(autouse=True)
+def no_default_data_dir(monkeypatch):
+    """Tests name their data: a developer's DIGIT_CLASSIFIER_DATA_DIR does not reach them."""
+    monkeypatch.delenv("DIGIT_CLASSIFIER_DATA_DIR", raising=False)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory):
     """A small learnable dataset in the standard gzip IDX format."""

@@ -55,9 +55,11 @@ def cli_environment(extra=None):
     """The environment the CLI runs in: this one, less what importing TensorFlow here added.
 
     Importing TensorFlow in this test process sets TF_CPP_MIN_LOG_LEVEL=1 in its environment;
-    a user's shell has none, so the CLI runs here without it too.
+    a user's shell has none, so the CLI runs here without it too. A developer's own
+    DIGIT_CLASSIFIER_DATA_DIR (--data-dir's default) is left out too: tests name their data.
     """
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TF_CPP_MIN_LOG_LEVEL", "DIGIT_CLASSIFIER_DATA_DIR")}
     env.update(extra or {})
     return env
 

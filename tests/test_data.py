@@ -1,6 +1,7 @@
 """Loading data: every format the CLI accepts, and a one-line error for every bad file."""
 
 import gzip
+import json
 import shutil
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 import digit_classifier as dc
 from digitkit import data
-from helpers import run_cli, run_main, synthetic_digits, write_dataset, write_idx
+from helpers import FAST, ROOT, run_cli, run_main, synthetic_digits, write_dataset, write_idx
 
 
 def corrupt(directory, name, how):
@@ -134,6 +135,22 @@ def test_offline_without_cache_names_data_dir(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "--data-dir" in lines[0] and "could not download" in lines[0]
+    # It names a place that says where the files are, and the variable that saves the flag.
+    assert "docs/data.md, Offline use" in lines[0] and "DIGIT_CLASSIFIER_DATA_DIR" in lines[0]
+    assert "## Offline use" in (ROOT / "docs" / "data.md").read_text()
+
+
+def test_the_data_dir_variable_is_the_flags_default_and_the_flag_wins(tmp_path, synthetic_dir,
+                                                                      monkeypatch):
+    monkeypatch.setenv("DIGIT_CLASSIFIER_DATA_DIR", str(synthetic_dir))
+    result = run_main("--output-dir", tmp_path / "a", *FAST, "--no-plots", "--quiet")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert record["config"]["data_dir"] == str(synthetic_dir)
+    monkeypatch.setenv("DIGIT_CLASSIFIER_DATA_DIR", str(tmp_path / "nowhere"))
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path / "b", *FAST,
+                      "--no-plots", "--quiet")
+    assert result.returncode == 0, result.stderr
 
 
 def test_mnist_dir_holds_the_complete_official_mnist(mnist_dir):

@@ -253,8 +253,12 @@ def print_summary(record, paths, quiet):
     for row in record["per_class"]:
         print(f"{row['label']:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
               f"{row['f1']:5.4f}  {row['support']:7d}")
-    weakest = sorted(record["per_class"], key=lambda row: row["recall"])[:5]
-    print("\nlowest recall: " + ", ".join(f"{r['label']} ({r['recall']:.2%})" for r in weakest))
+    # A class with no test images has no recall to rank: it is named apart.
+    tested = [row for row in record["per_class"] if row["support"] > 0]
+    weakest = sorted(tested, key=lambda row: row["recall"])[:5]
+    untested = [row["label"] for row in record["per_class"] if row["support"] == 0]
+    print("\nlowest recall: " + ", ".join(f"{r['label']} ({r['recall']:.2%})" for r in weakest)
+          + (f"; no test images of {', '.join(untested)}" if untested else ""))
     confusion = np.array(record["confusion_matrix"])
     pairs = top_confusions(confusion, class_names)
     if pairs:

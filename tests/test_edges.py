@@ -54,3 +54,21 @@ def test_normalised_confusion_matrix_leaves_cells_no_image_reached_blank(monkeyp
     assert len(texts) == 100
     assert texts[0] == "100.0%" and texts[3 * 10 + 5] == "2.0%" and texts[3 * 10 + 3] == "98.0%"
     assert sum(text == "" for text in texts) == 100 - 11  # ten diagonal cells and one mistake
+
+
+def test_a_class_with_no_test_images_is_not_ranked_by_recall(tmp_path):
+    from helpers import synthetic_digits, write_idx
+
+    x_train, y_train = synthetic_digits(600, seed=1)
+    x_test, y_test = synthetic_digits(200, seed=2)
+    keep = y_test != 5
+    (tmp_path / "data").mkdir()
+    for name, array in (("train-images-idx3-ubyte", x_train), ("train-labels-idx1-ubyte", y_train),
+                        ("t10k-images-idx3-ubyte", x_test[keep]),
+                        ("t10k-labels-idx1-ubyte", y_test[keep])):
+        write_idx(tmp_path / "data" / name, array)
+    result = run_main("--data-dir", tmp_path / "data", "--output-dir", tmp_path / "out", *FAST,
+                      "--no-plots")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("lowest recall"))
+    assert "5 (" not in line and line.endswith("; no test images of 5")

@@ -158,21 +158,21 @@ def staging_dir(output_dir):
     return stage
 
 
-def publish(stage, output_dir):
+def publish(stage, output_dir, names=RUN_FILES, prefix=""):
     """Put the staged files in output_dir as one set; returns where the previous set went.
 
-    A previous run's files move first, all of them, to previous/<when it finished>/: nothing
-    a user saved is overwritten, and the folder never holds half of one run and half of
-    another. Each move is a rename within the folder, so a full disk cannot stop it midway.
+    A previous set's files (those of names there) move first, all of them, to
+    previous/<prefix><when it finished>/: nothing a user saved is overwritten, and the folder
+    never holds half of one run and half of another. Each move is a rename within the
+    folder, so a full disk cannot stop it midway.
     """
     output_dir = Path(output_dir)
-    old = [output_dir / name for name in RUN_FILES if (output_dir / name).exists()]
+    old = [output_dir / name for name in names if (output_dir / name).exists()]
     moved = None
     if old:
-        record = output_dir / "metrics.json"
-        finished = (record if record.exists() else old[0]).stat().st_mtime
-        moved = output_dir / "previous" / time.strftime("%Y-%m-%d_%H-%M-%S",
-                                                        time.localtime(finished))
+        finished = next((path for path in old if path.name == "metrics.json"), old[0])
+        moved = output_dir / "previous" / (prefix + time.strftime(
+            "%Y-%m-%d_%H-%M-%S", time.localtime(finished.stat().st_mtime)))
         while moved.exists():
             moved = moved.with_name(moved.name + "+")
         moved.mkdir(parents=True)

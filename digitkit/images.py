@@ -17,7 +17,8 @@ from digitkit.ink import BlankImageError, ImageError  # noqa: F401 (the errors c
 
 
 def read_image(path):
-    """Open an image file as a float grayscale array in 0-1, flattening any transparency."""
+    """Open an image file as floats in 0-1 (grey, or RGB where it has colour), flattening
+    any transparency."""
     path = Path(path)
     if not path.exists():
         raise ImageError("no such file")
@@ -32,8 +33,9 @@ def read_image(path):
 
 
 def decode_image(source, max_pixels=IMAGE_MAX_PIXELS):
-    """Decode an image (a path or a binary file object) to grayscale floats in 0-1; one with
-    more than max_pixels is refused from its header, before it is decoded."""
+    """Decode an image (a path or a binary file object) to floats in 0-1, grey (H x W) or,
+    where it has colour, RGB (H x W x 3); one with more than max_pixels is refused from its
+    header, before it is decoded."""
     try:
         with warnings.catch_warnings():
             # Pillow warns, in two lines, above 89 million pixels; the check below speaks.

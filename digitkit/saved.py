@@ -194,26 +194,6 @@ def prediction_stage(output_dir):
     return stage
 
 
-def publish_predictions(stage, output_dir):
-    """Move the previous --predict's files to previous/predictions-<when>/, then this one's
-    in; returns where the previous ones went, or None."""
-    old = [output_dir / name for name in PREDICTION_FILES if (output_dir / name).exists()]
-    moved = None
-    if old:
-        when = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(old[0].stat().st_mtime))
-        moved = output_dir / "previous" / f"predictions-{when}"
-        while moved.exists():
-            moved = moved.with_name(moved.name + "+")
-        moved.mkdir(parents=True)
-        for path in old:
-            os.replace(path, moved / path.name)
-    for path in sorted(stage.iterdir()):
-        os.replace(path, output_dir / path.name)
-    stage.rmdir()
-    STAGING_DIRS.remove(stage)
-    return moved
-
-
 def safe_stem(path):
     """A file name's stem fit to name another file: letters, digits, '-', '_' and '.'."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).stem)[:80] or "image"
@@ -310,7 +290,7 @@ def run_prediction(config, options, output_dir):
                     stage / "predictions.png",
                     columns=min(8 if len(images) > 12 else 6, len(images)),
                     caption_colours=colours)
-    moved = publish_predictions(stage, output_dir)
+    moved = publish(stage, output_dir, PREDICTION_FILES, "predictions-")
     if not as_json and not config.quiet:
         if moved:
             print(f"the previous predictions are now in {moved}")

@@ -56,9 +56,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what ha
 @contextlib.contextmanager
 def quiet_experimental():
     """Optuna's 'experimental feature' warnings silenced: what is used here (grouped TPE,
-    heartbeats, the matplotlib plots) is documented, and tested here."""
+    heartbeats, the matplotlib plots) is documented, and tested here. So are the warnings
+    its own code raises about itself (its history plot's legend() with nothing to label,
+    when every trial was pruned): nothing a user can act on."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna\.")
         yield
 
 

@@ -24,7 +24,7 @@ from digitkit.config import (CALIBRATION_BINS, DATASETS, EVAL_BATCH_SIZE, IMAGE_
 from digitkit.guard import (STAGING_DIRS, publish, require_model_file, staging_dir,
                             train_first, write_atomically, write_json)
 from digitkit.images import ImageError, read_image, visible_entries
-from digitkit.metrics import answer, score
+from digitkit.metrics import score
 from digitkit.networks import architecture, saved_dataset
 from digitkit.reader import DigitReader
 from digitkit.report import build_record, print_summary, say, timed, write_html_report

@@ -15,7 +15,7 @@ import numpy as np
 from keras import layers
 
 from digitkit.augment import RandomDistortion
-from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES
+from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES, RunError
 from digitkit.guard import write_atomically
 
 METADATA_NAME = "digit_classifier.json"  # our entry in the model.keras zip; Keras ignores it
@@ -107,9 +107,11 @@ def saved_dataset(path, model):
     before metadata existed, from the name they were given then ("fashion_mnist_dense")."""
     try:
         with zipfile.ZipFile(path) as archive:
-            dataset = json.loads(archive.read(METADATA_NAME)).get("dataset")
-        if dataset in DATASETS:
-            return dataset
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, AttributeError):
-        pass
-    return "fashion-mnist" if model.name == "fashion_mnist_dense" else "mnist"
+            metadata = json.loads(archive.read(METADATA_NAME))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return "fashion-mnist" if model.name == "fashion_mnist_dense" else "mnist"
+    dataset = metadata.get("dataset") if isinstance(metadata, dict) else None
+    if not isinstance(dataset, str) or dataset not in DATASETS:  # forged or damaged
+        raise RunError(f"{path}: its {METADATA_NAME} names the dataset {repr(dataset)[:60]}, not one of "
+                       f"{', '.join(sorted(DATASETS))}; train the model again")
+    return dataset

@@ -275,3 +275,26 @@ def test_a_content_length_of_a_non_ascii_digit_is_a_400(trained_synthetic):
             assert "bad Content-Length" in json.loads(response.read())["error"]
         finally:
             connection.close()
+
+
+@pytest.mark.parametrize("forged", [["mnist"], {"name": "mnist"}, 7, "imagenet"])
+def test_a_model_whose_own_metadata_is_forged_is_one_line_and_exit_1(forged, tmp_path,
+                                                                    trained_synthetic,
+                                                                    synthetic_dir):
+    import zipfile
+
+    source = trained_synthetic[0] / "model.keras"
+    model = tmp_path / "model.keras"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(model, "w") as new:
+        for item in old.infolist():
+            data = old.read(item)
+            if item.filename == "digit_classifier.json":
+                data = json.dumps(dict(json.loads(data), dataset=forged)).encode()
+            new.writestr(item, data)
+    image = tmp_path / "one.png"
+    Image.fromarray(np.uint8(np.pad(np.full((3, 20), 255), 4))).save(image)
+    for args in (["--predict", image], ["--evaluate", "--data-dir", synthetic_dir]):
+        result = run_main(*args, "--model", model, "--output-dir", tmp_path / "out")
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "digit_classifier.json names the dataset" in lines[0], lines

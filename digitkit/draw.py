@@ -194,7 +194,7 @@ def drawing_page(model_path, min_confidence):
         calibration = record.get("calibration") or {}
         facts.append(f"probabilities calibrated (temperature {calibration['temperature']:.3f})"
                      if calibration.get("fitted") else "probabilities not calibrated")
-    except (KeyError, TypeError):  # no record, or not one this project wrote
+    except (KeyError, TypeError, ValueError):  # no record, not ours, or a field of another type
         pass
     facts.append(f"answers below {min_confidence:.0%} are marked unsure")
     page = PAGE.read_text(encoding="utf-8")

@@ -312,10 +312,12 @@ def recorded_data(model_path):
     record = saved_record(model_path)
     try:
         dataset, data_dir = record["config"]["dataset"], record["config"]["data_dir"]
-        if dataset not in DATASETS:
+        if not isinstance(dataset, str) or dataset not in DATASETS:
             return None
         if data_dir is not None:
             data_dir = record["dataset"]["source"]  # resolved when the run read it
+        if data_dir is not None and not isinstance(data_dir, str):  # not a record of ours
+            return None
         return dict(dataset=dataset, data_dir=data_dir)
     except (KeyError, TypeError):
         return None

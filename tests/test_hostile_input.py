@@ -298,3 +298,33 @@ def test_a_model_whose_own_metadata_is_forged_is_one_line_and_exit_1(forged, tmp
         assert result.returncode == 1, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "digit_classifier.json names the dataset" in lines[0], lines
+
+
+@pytest.mark.parametrize("field, value", [("test_accuracy", "ninety"),
+                                          ("dataset", ["MNIST"]),
+                                          ("calibration", {"fitted": True, "temperature": "x"})])
+def test_a_record_with_fields_of_another_type_does_not_break_the_drawing_page(
+        field, value, tmp_path, trained_synthetic):
+    import shutil
+
+    from digitkit import draw
+
+    shutil.copy(trained_synthetic[0] / "model.keras", tmp_path / "model.keras")
+    record = json.loads((trained_synthetic[0] / "metrics.json").read_text())
+    record[field] = value
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    page = draw.drawing_page(tmp_path / "model.keras", 0.8).decode()
+    assert "answers below 80% are marked unsure" in page
+
+
+def test_a_record_with_a_data_dir_of_another_type_is_not_taken_for_the_data(tmp_path,
+                                                                            trained_synthetic):
+    import shutil
+
+    from digitkit.report import recorded_data
+
+    shutil.copy(trained_synthetic[0] / "model.keras", tmp_path / "model.keras")
+    record = json.loads((trained_synthetic[0] / "metrics.json").read_text())
+    record["config"]["data_dir"], record["dataset"]["source"] = "somewhere", 5
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    assert recorded_data(tmp_path / "model.keras") is None

@@ -261,17 +261,23 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def two_workers(args, tmp_path, prefix):
+    """Run the CLI with args as two worker processes at once, each with its own output folder
+    (PREFIX1, PREFIX2); returns each one's (exit status, stdout, stderr)."""
+    workers = [subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args),
+                                 "--output-dir", tmp_path / f"{prefix}{i}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=cli_environment()) for i in (1, 2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    return [(worker.returncode, *output) for worker, output in zip(workers, outputs)]
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study_on_postgresql(postgres_url, synthetic_dir, tmp_path):
     args = ["--data-dir", synthetic_dir, "--tune", "6", "--tune-storage", postgres_url,
             "--study-name", "shared", *TINY[:1], "4", *TINY[2:], "--no-plots"]
-    workers = [subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args),
-                                 "--output-dir", tmp_path / f"worker{i}"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=cli_environment()) for i in (1, 2)]
-    outputs = [worker.communicate(timeout=300) for worker in workers]
-    for worker, (_, stderr) in zip(workers, outputs):
-        assert worker.returncode == 0, stderr
+    for status, _, stderr in two_workers(args, tmp_path, "worker"):
+        assert status == 0, stderr
 
     import optuna
 
@@ -333,13 +339,8 @@ def test_two_workers_started_together_on_one_sqlite_file_share_its_study(synthet
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     args = ["--data-dir", synthetic_dir, "--tune", "4", "--tune-storage", url,
             "--study-name", "s", *TINY[:1], "1", *TINY[2:], "--no-plots", "--quiet"]
-    workers = [subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args),
-                                 "--output-dir", tmp_path / f"w{i}"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=cli_environment()) for i in (1, 2)]
-    outputs = [worker.communicate(timeout=300) for worker in workers]
-    for worker, (_, stderr) in zip(workers, outputs):
-        assert worker.returncode == 0, stderr
+    for status, _, stderr in two_workers(args, tmp_path, "w"):
+        assert status == 0, stderr
         assert stderr == ""  # no Optuna warning, no traceback
 
     import optuna

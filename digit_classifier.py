@@ -22,28 +22,22 @@
     python digit_classifier.py --preset best                # 5 dense nets, elastic distortion
     python digit_classifier.py --tune 20                    # search the settings with Optuna
 
-This file is the recipe, in the order a run goes; the package digitkit/ beside it holds the
-extras, each one named call:
-
+The recipe, in the order a run goes; digitkit/ beside it holds the extras, one call each:
   1. the flags        main, via digitkit/cli.py (every default lives in digitkit/config.py)
   2. load MNIST       load_data, via digitkit/data.py (IDX files, .npz or Keras' download)
   3. scale to 0-1     split_and_scale (and hold out a seeded validation split)
   4. build            build_network: a keras.Sequential of Flatten, Dense ReLU layers and a
-                      softmax; the distortion and deskewing layers from digitkit/augment.py,
-                      a committee of networks from digitkit/networks.py
+                      softmax; distortion and deskewing (augment.py), committees (networks.py)
   5. compile          compile_model: Adam, sparse categorical cross-entropy
-  6. fit              fit: model.fit, watched by digitkit/training.py (Ctrl-C, a checkpoint
-                      per epoch for --resume, history.csv)
-  7. evaluate         evaluate: calibration from digitkit/trust.py, scores from metrics.py
-  8. report           save_reports: the Seaborn confusion-matrix heatmap and the other
-                      pictures (digitkit/plots.py), robustness (trust.py), metrics.json and
-                      report.html (report.py)
+  6. fit              fit: model.fit, watched by training.py (Ctrl-C, checkpoints, history)
+  7. evaluate         evaluate: calibration.py, scores from metrics.py
+  8. report           save_reports: the Seaborn heatmap and the other pictures (plots.py),
+                      robustness.py, metrics.json and report.html (report.py)
 
-Around them: guard rails (a lock per output folder, the memory check, files written whole:
-digitkit/guard.py) and the Keras backend (digitkit/backend.py). The other modes are one call
-each: --evaluate and --predict (digitkit/saved.py), --draw (digitkit/draw.py), --compare and
---repeats (digitkit/compare.py), --tune (digitkit/tuning.py, whose best trial then trains
-through run_training).
+Around them: guard rails (folders.py: a lock per output folder, files published whole;
+memory.py, checkpoint.py) and the Keras backend (backend.py). The other modes are one call
+each: --evaluate and --predict (saved.py), --draw (draw.py), --compare and --repeats
+(compare.py), --tune (tuning.py, whose best trial then trains through run_training).
 
 Keras and the package modules that need it are imported inside the functions below, after
 backend.start() has fixed the backend (--backend): --help and usage errors answer before
@@ -57,9 +51,11 @@ import time
 
 import numpy as np
 
-from digitkit import backend, cli, data, guard, metrics, report
+from digitkit import (backend, checkpoint, cli, data, exits, files, folders, memory, metrics,
+                      preflight, report)
+from digitkit.clock import timed
 from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES, distortion
-from digitkit.report import say, timed
+from digitkit.report import say
 
 
 def load_data(config, training=True):
@@ -101,6 +97,7 @@ def build_network(config, name="network"):
     """Input 28x28 -> [distortion] -> [deskew] -> Flatten -> Dense(w, relu) [+ Dropout] ...
     -> Dense(10, softmax), as a keras.Sequential."""
     import keras
+
     from digitkit import augment
 
     stack = [keras.Input(shape=IMAGE_SHAPE)]
@@ -173,12 +170,12 @@ def evaluate(model, data):
 
     Returns the test scores, the calibration record and each network's test logits.
     """
-    from digitkit import trust
+    from digitkit import calibration as calibrating
 
-    test_logits = trust.network_logits(model, data["x_test"])  # the one pass over the test set
-    calibration = trust.calibrate(model, data, test_logits)  # folds a temperature into model
+    test_logits = calibrating.network_logits(model, data["x_test"])  # the one pass over the test set
+    calibration = calibrating.calibrate(model, data, test_logits)  # folds a temperature into model
     # float32, as the saved model outputs them, so --evaluate later scores it identically.
-    probabilities = trust.softmax_average(test_logits, calibration["temperature"])
+    probabilities = calibrating.softmax_average(test_logits, calibration["temperature"])
     return metrics.score(probabilities.astype(np.float32), data["y_test"]), calibration, test_logits
 
 
@@ -196,7 +193,8 @@ def train_and_evaluate(config, data, signals, output_dir=None, stage=None, start
     committee averaged, its probabilities calibrated), the training record, the test scores,
     the calibration, each committee member's accuracy, the model's architecture and size.
     """
-    from digitkit import networks, trust
+    from digitkit import calibration as calibrating
+    from digitkit import networks
 
     model, initial_epoch, history = start or (new_model(config, len(data["x_train"])), 0, [])
     say(config, networks.describe_model(model))
@@ -205,7 +203,7 @@ def train_and_evaluate(config, data, signals, output_dir=None, stage=None, start
     with timed(training, "evaluate_seconds"):
         final = networks.for_inference(model)
         scores, calibration, test_logits = evaluate(final, data)
-    members = (trust.member_accuracies(test_logits, data["y_test"]) if config.committee > 1
+    members = (calibrating.member_accuracies(test_logits, data["y_test"]) if config.committee > 1
                else None)
     return dict(final=final, training=training, scores=scores, calibration=calibration,
                 members=members, architecture=networks.architecture(final),
@@ -217,7 +215,7 @@ def save_reports(output_dir, config, data, result, timing):
     other picture; returns the pictures' paths and the robustness record."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from digitkit import networks, trust
+    from digitkit import networks, robustness
 
     scores, dataset = result["scores"], DATASETS[config.dataset]
     with timed(timing, "save_seconds"):
@@ -241,7 +239,7 @@ def save_reports(output_dir, config, data, result, timing):
     with ThreadPoolExecutor(max_workers=1) as second_thread:
         pictures = second_thread.submit(draw)
         with timed(timing, "robustness_seconds"):
-            robust = trust.robustness(result["final"], data["x_test"], data["y_test"],
+            robust = robustness.robustness(result["final"], data["x_test"], data["y_test"],
                                       via_logits=True)
         images = pictures.result()
     if images:  # and robustness.png, which needed the check's figures
@@ -256,21 +254,21 @@ def run_training(config, search=None):
     exit status. search: a finished --tune search, whose best settings config holds, to
     report with the run."""
     started = time.perf_counter()
-    needed, weights = guard.check_memory(config)  # a network too large fails before TensorFlow
-    output_dir = guard.prepare_output_dir(config.output_dir, lock=True, what="training")
-    guard.refuse_unfinished_run(output_dir, config)
-    stage = guard.staging_dir(output_dir)  # this run's files, published together at the end
+    needed, weights = memory.check_memory(config)  # a network too large fails before TensorFlow
+    output_dir = folders.prepare_output_dir(config.output_dir, lock=True, what="training")
+    checkpoint.refuse_unfinished_run(output_dir, config)
+    stage = folders.staging_dir(output_dir)  # this run's files, published together at the end
     data, dataset_info, timing = load_data(config)
     from digitkit import training
 
-    checkpoint = training.Checkpoint(output_dir)
+    last_epoch = checkpoint.Checkpoint(output_dir)
     start = None
-    if config.resume and checkpoint.exists():
-        start = checkpoint.load(config)
-        say(config, f"resuming from {checkpoint.directory}: {start[1]} of "
+    if config.resume and last_epoch.exists():
+        start = last_epoch.load(config)
+        say(config, f"resuming from {last_epoch.directory}: {start[1]} of "
                     f"{config.epochs} epochs done")
     elif config.resume:
-        say(config, f"no checkpoint in {checkpoint.directory}; starting from scratch")
+        say(config, f"no checkpoint in {last_epoch.directory}; starting from scratch")
     if start is None:
         say(config, f"building the model: {weights:,} weights, about {needed / 2 ** 30:.1f} GiB "
                     f"of memory to train")
@@ -315,12 +313,12 @@ def run_training(config, search=None):
             member_test_accuracy=result["members"], repeats=repeats,
             calibration=result["calibration"], robustness=robust, tuning=tuned)
         written = [*images, report.write_html_report(stage / "report.html", record, images),
-                   guard.write_json(stage / "metrics.json", record), stage / "model.keras"]
+                   files.write_json(stage / "metrics.json", record), stage / "model.keras"]
         written += [stage / "history.csv"] if trained["history"] else []
         written += [stage / "tuning.csv"] if tuned else []
-        moved = guard.publish(stage, output_dir)
+        moved = folders.publish(stage, output_dir)
         if not trained["interrupted"]:
-            checkpoint.remove()
+            last_epoch.remove()
     if moved:
         say(config, f"the previous run's files are now in {moved}")
     report.print_summary(record, [output_dir / path.name for path in written], config.quiet)
@@ -337,37 +335,37 @@ def run_training(config, search=None):
 
 def run(mode, config, options):
     """Training (the recipe above) by default; each other mode is one call into the package."""
-    guard.check_installed(config)
+    preflight.check_installed(config)
     if mode == "train":
         return run_training(config)
     if mode == "tune":  # a search, then its best trial trained as above
         from digitkit import tuning
 
-        output_dir = guard.prepare_output_dir(config.output_dir, lock=True, what="tuning")
+        output_dir = folders.prepare_output_dir(config.output_dir, lock=True, what="tuning")
         search = tuning.open_study(config, options, output_dir)  # before TensorFlow loads
         data, _, _ = load_data(config)
         best = tuning.search(search, config, data, new_model, fit)
         return 130 if best is None else run_training(best, search)
     started = time.perf_counter()
     if mode in ("predict", "draw", "evaluate"):
-        guard.require_model_file(options["model"], config)  # fails before any slow import
+        preflight.require_model_file(options["model"], config)  # fails before any slow import
     if mode == "draw":
         from digitkit import draw  # the HTTP server and Pillow: only for --draw
 
         return draw.run_draw(config, options["model"], options["port"],
                              options["min_confidence"])
     if mode == "predict":
-        output_dir = guard.prepare_output_dir(config.output_dir)  # no lock: it only adds files
+        output_dir = folders.prepare_output_dir(config.output_dir)  # no lock: it only adds files
         backend.start(config)
         from digitkit import saved
 
         return saved.run_prediction(config, options, output_dir)
     if mode == "compare":
-        guard.check_memory(config, options["specs"])
-    output_dir = guard.prepare_output_dir(config.output_dir, lock=True,
+        memory.check_memory(config, options["specs"])
+    output_dir = folders.prepare_output_dir(config.output_dir, lock=True,
                                           what="evaluation" if mode == "evaluate" else mode)
     # Their reports go in a folder of their own, beside a training run's, never over them.
-    output_dir = guard.prepare_output_dir(output_dir / ("evaluation" if mode == "evaluate"
+    output_dir = folders.prepare_output_dir(output_dir / ("evaluation" if mode == "evaluate"
                                                         else "comparison"))
     if mode == "evaluate" and options["recorded"]:
         say(config, f"data: {config.data_dir or 'the Keras download'} ({config.dataset}), "
@@ -388,7 +386,9 @@ def main(argv=None):
     """Parse the flags, run, and turn any failure into one line and an exit status."""
     cli.usable_streams()  # a closed stdout, an ASCII-only terminal
     mode, config, options = cli.parse_command_line(argv)  # --help, usage errors: exit 0 or 2
-    return guard.exit_status(run, mode, config, options)
+    with exits.reported() as outcome:
+        outcome.status = run(mode, config, options)
+    return outcome.status
 
 
 if __name__ == "__main__":

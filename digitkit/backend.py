@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from digitkit.config import RunError
+from digitkit.errors import RunError
 
 
 class NativeStderrSilenced:

@@ -13,10 +13,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from digitkit.checkpoint import checkpoint_state
 from digitkit.config import (AUGMENTATIONS, DATASET_DEFAULTS, DATASETS, DRAW_PORT, MAX_EPOCHS,
                              MAX_SEED, MAX_STEPS_PER_EXECUTION, MIN_CONFIDENCE, PRESETS,
-                             TUNE_SPACE, Config, RunError, format_hidden)
-from digitkit.guard import checkpoint_state
+                             TUNE_SPACE, Config, format_hidden)
+from digitkit.errors import RunError
 from digitkit.report import recorded_data
 
 

@@ -15,7 +15,8 @@ import keras
 import matplotlib.pyplot as plt
 
 from digitkit.config import DATASETS, format_hidden
-from digitkit.guard import publish, staging_dir, write_csv, write_json, write_text
+from digitkit.files import write_csv, write_json, write_text
+from digitkit.folders import publish, staging_dir
 from digitkit.metrics import spread
 from digitkit.plots import save_figure
 from digitkit.report import (build_record, percent_spread, print_tensorboard_command, say,

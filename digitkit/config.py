@@ -96,9 +96,7 @@ def distortion(name, strength=1.0):
 DATASET_DEFAULTS = {"mnist": {},
                     "fashion-mnist": {"augment": None, "learning_rate": 1e-3, "epochs": 40}}
 
-CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error
 MIN_CONFIDENCE = 0.8  # --predict's default: calibrated top probabilities below it are "unsure"
-CONFIDENCE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # tabulated on the validation split
 MISCLASSIFIED_SHOWN = 40  # at most this many mistakes in misclassified.png
 DRAW_PORT = 2828  # --draw's default port: 28 x 28, away from the ports dev servers take
 DRAWING_MAX_BYTES = 1_000_000  # larger --draw request bodies are refused unread (413)
@@ -116,25 +114,6 @@ MAX_STEPS_PER_EXECUTION = 100_000
 def format_hidden(hidden):
     """Hidden widths as the SPEC a user types ('none' for softmax regression)."""
     return ",".join(map(str, hidden)) or "none"
-
-
-class RunError(Exception):
-    """A failure the user can act on: reported as one line, exit status 1."""
-
-    status = 1
-
-
-class UsageError(RunError):
-    """Flags that cannot work with the data they were given: one line, exit status 2."""
-
-    status = 2
-
-
-def one_line(err):
-    """An exception as one line, its type and the first line of its message, for an error
-    that must keep its cause."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
 def suggested_command(config, *flags):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES, RunError, UsageError
-from digitkit.guard import available_memory
+from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES
+from digitkit.errors import RunError, UsageError
+from digitkit.memory import available_memory
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from digitkit import backend
-from digitkit.config import (DATASETS, DRAWING_MAX_BYTES, RunError)
+from digitkit.config import DATASETS, DRAWING_MAX_BYTES
+from digitkit.errors import RunError
 from digitkit.images import BlankImageError, ImageError, decode_image, to_mnist_format
 from digitkit.metrics import answer
 from digitkit.report import saved_record, say

@@ -15,8 +15,9 @@ import numpy as np
 from keras import layers
 
 from digitkit.augment import RandomDistortion
-from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES, RunError
-from digitkit.guard import write_atomically
+from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES
+from digitkit.errors import RunError
+from digitkit.files import write_atomically
 
 METADATA_NAME = "digit_classifier.json"  # our entry in the model.keras zip; Keras ignores it
 

@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 
 from digitkit.backend import import_without  # noqa: E402
 from digitkit.config import DATASETS, MISCLASSIFIED_SHOWN, NUM_CLASSES  # noqa: E402
-from digitkit.guard import write_atomically  # noqa: E402
-from digitkit.trust import CORRUPTIONS, corrupt  # noqa: E402
+from digitkit.files import write_atomically  # noqa: E402
+from digitkit.robustness import CORRUPTIONS, corrupt  # noqa: E402
 
 # Seaborn imports SciPy's statistics (0.8 s) for its density estimates; the heatmap, the one
 # Seaborn plot here, never uses them, and Seaborn works without SciPy.

@@ -6,12 +6,10 @@ Imports nothing heavy: --evaluate reads a saved model's record before TensorFlow
 """
 
 import base64
-import contextlib
 import html
 import json
 import shlex
 import string
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +17,10 @@ import numpy as np
 from digitkit import backend
 from digitkit.config import (DATASETS, MIN_CONFIDENCE, MISCLASSIFIED_SHOWN, config_record,
                              defaults_for, format_hidden)
-from digitkit.guard import write_text
+from digitkit.files import write_text
 from digitkit.metrics import per_class_rows, top_confusions
 
 PAGE = string.Template((Path(__file__).with_name("report.html")).read_text(encoding="utf-8"))
-
-
-@contextlib.contextmanager
-def timed(timing, key):
-    """Add the seconds the block takes to timing[key] (rounded to milliseconds)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timing[key] = round(timing.get(key, 0.0) + time.perf_counter() - start, 3)
 
 
 def say(config, message):

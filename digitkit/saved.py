@@ -18,16 +18,19 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from digitkit import ink, plots, trust
-from digitkit.config import (CALIBRATION_BINS, DATASETS, EVAL_BATCH_SIZE, IMAGE_SHAPE,
-                             NUM_CLASSES, RunError, one_line)
-from digitkit.guard import (STAGING_DIRS, publish, require_model_file, staging_dir,
-                            train_first, write_atomically, write_json)
+from digitkit import ink, plots, robustness
+from digitkit.calibration import CALIBRATION_BINS, calibration_figures
+from digitkit.clock import timed
+from digitkit.config import DATASETS, EVAL_BATCH_SIZE, IMAGE_SHAPE, NUM_CLASSES
+from digitkit.errors import RunError, one_line
+from digitkit.files import write_atomically, write_json
+from digitkit.folders import STAGING_DIRS, publish, staging_dir
 from digitkit.images import ImageError, read_image, visible_entries
 from digitkit.metrics import score
 from digitkit.networks import architecture, saved_dataset
+from digitkit.preflight import require_model_file, train_first
 from digitkit.reader import DigitReader
-from digitkit.report import build_record, print_summary, say, timed, write_html_report
+from digitkit.report import build_record, print_summary, say, write_html_report
 
 PREDICT_CHUNK = 512  # images read and classified at a time, so memory stays bounded
 PREDICTIONS_SHOWN = 48  # at most this many images in predictions.png
@@ -74,9 +77,9 @@ def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, s
     # The saved model's probabilities as they are (calibrated when training fitted a
     # temperature): how well they match its accuracy on this test set.
     calibration = dict(saved_model=True, fitted=False, bins=CALIBRATION_BINS,
-                       before=trust.calibration_figures(probabilities, data["y_test"]))
+                       before=calibration_figures(probabilities, data["y_test"]))
     with timed(timing, "robustness_seconds"):
-        robust = trust.robustness(model, data["x_test"], data["y_test"])
+        robust = robustness.robustness(model, data["x_test"], data["y_test"])
     dataset = DATASETS[config.dataset]
     stage = staging_dir(output_dir)  # published whole; an earlier evaluation moves aside
     images = []

@@ -11,15 +11,15 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 
 from digitkit import augment  # noqa: F401  registers RandomDistortion, so checkpoints load
-from digitkit.config import Config, RunError, format_hidden, one_line, resume_fingerprint
-from digitkit.guard import (CHECKPOINT_DIR, checkpoint_state, write_atomically,
-                            write_history_csv, write_json)
+from digitkit.checkpoint import Checkpoint
+from digitkit.config import format_hidden
+from digitkit.errors import RunError
+from digitkit.files import write_history_csv
 from digitkit.report import tensorboard_logs
 
 
@@ -68,68 +68,6 @@ class StopSignals:
         print(f"\n{self.received} received: stopping{kept} (press Ctrl-C again to quit at once)",
               file=sys.stderr, flush=True)
         raise KeyboardInterrupt
-
-
-class Checkpoint:
-    """The last finished epoch of a run (model with optimizer state, plus history), for --resume.
-
-    Keras' BackupAndRestore was weighed against it (Keras 3.15): it writes the weights, then
-    the epoch, each in place (a kill between them leaves a mismatched pair), counts an epoch
-    that a Ctrl-C cut short as finished, keeps no history, deletes its backup whenever fit
-    returns (a stop included) unless told not to, and knows no settings fingerprint. This
-    class writes each file whole, skips a cut-short epoch, refuses to resume with other
-    settings, and still reads the checkpoints earlier versions wrote.
-    """
-
-    def __init__(self, output_dir):
-        self.output_dir = Path(output_dir)
-        self.directory = self.output_dir / CHECKPOINT_DIR
-        self.state_path = self.directory / "state.json"
-
-    def exists(self):
-        """Whether an unfinished run left a checkpoint here."""
-        return self.state_path.is_file()
-
-    def read_state(self):
-        """The checkpoint's state.json as a dict."""
-        return checkpoint_state(self.output_dir)
-
-    def save(self, model, epochs_done, history, config):
-        """Write the model first, then the state that points at it, each atomically."""
-        self.directory.mkdir(exist_ok=True)
-        model_name = f"epoch-{epochs_done:04d}.keras"
-        write_atomically(self.directory / model_name, lambda tmp: model.save(tmp))
-        write_json(self.state_path, dict(epochs_done=epochs_done, model=model_name,
-                                         history=history, config=resume_fingerprint(config)))
-        for old in self.directory.glob("epoch-*.keras"):
-            if old.name != model_name:
-                old.unlink(missing_ok=True)
-
-    def load(self, config):
-        """Return (model, epochs_done, history) after checking the run settings match."""
-        state = self.read_state()
-        saved, wanted = state.get("config", {}), resume_fingerprint(config)
-        default = resume_fingerprint(Config())  # for a setting older checkpoints lack
-        changed = ["--" + key.replace("_", "-") for key in wanted
-                   if saved.get(key, default[key]) != wanted[key]]
-        if changed:
-            raise RunError(f"{self.directory}: checkpoint was made with different settings "
-                           f"({', '.join(changed)}); "
-                           f"rerun with the original flags, or delete it to start over")
-        path = self.directory / state["model"]
-        try:
-            model = keras.models.load_model(path)
-        except Exception as err:  # Keras raises many types for files that are not its models
-            raise RunError(f"{path}: cannot load checkpoint ({one_line(err)}); "
-                           f"delete {self.directory} to start over") from None
-        return model, state["epochs_done"], state["history"]
-
-    def remove(self):
-        """Delete the checkpoint once the run no longer needs it."""
-        for item in self.directory.glob("*"):
-            item.unlink(missing_ok=True)
-        if self.directory.is_dir():
-            self.directory.rmdir()
 
 
 class TrainingMonitor(keras.callbacks.Callback):

@@ -27,10 +27,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from digitkit import guard
 from digitkit.cli import batch_powers
-from digitkit.config import (TUNE_SPACE, RunError, UsageError, format_hidden, one_line,
-                             defaults_for, resume_fingerprint, suggested_command)
+from digitkit.config import (TUNE_SPACE, defaults_for, format_hidden, resume_fingerprint,
+                             suggested_command)
+from digitkit.errors import RunError, UsageError, one_line
+from digitkit.files import write_text
 from digitkit.report import say
 
 STUDY_FILE = "tuning.db"  # in the output folder, unless --tune-storage names a database
@@ -450,7 +451,7 @@ def write_reports(stage, search_run, pictures=True):
     frame["state"] = frame["state"].map({"COMPLETE": "complete", "PRUNED": "pruned",
                                          "FAIL": "failed", "RUNNING": "running",
                                          "WAITING": "waiting"})
-    guard.write_text(stage / "tuning.csv", frame.to_csv(index=False))
+    write_text(stage / "tuning.csv", frame.to_csv(index=False))
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     images = draw_search(stage, study, complete, search_run["space"]) if pictures else []
     best = sorted(complete, key=lambda t: t.value, reverse=True)[:5]

@@ -12,8 +12,9 @@ import urllib.error
 import numpy as np
 import pytest
 
-from digitkit import data, guard
-from digitkit.config import Config, RunError
+from digitkit import data, memory
+from digitkit.config import Config
+from digitkit.errors import RunError
 from helpers import FAST, ROOT, SCRIPT, run_cli, run_main
 
 
@@ -32,7 +33,7 @@ def test_a_directory_locked_by_another_process_is_refused_and_left_untouched(
     shutil.copytree(trained_synthetic[0], out)
     holder = subprocess.Popen(  # another process that holds the lock, as a running training does
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-         "from digitkit import guard; guard.lock_output_dir(sys.argv[2], 'training'); "
+         "from digitkit import folders; folders.lock_output_dir(sys.argv[2], 'training'); "
          "print('locked', flush=True); time.sleep(60)", str(ROOT), str(out)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -93,7 +94,7 @@ def test_two_trainings_racing_for_one_directory(tmp_path, synthetic_dir):
 
 def test_a_model_too_large_for_memory_is_refused_at_once_with_both_figures(tmp_path,
                                                                           synthetic_dir):
-    available = guard.available_memory()
+    available = memory.available_memory()
     if available is None:
         pytest.skip("this system does not report its available memory")
     # Measure the CLI's peak memory from a fresh parent, whose only child it is.
@@ -116,12 +117,12 @@ def test_a_model_too_large_for_memory_is_refused_at_once_with_both_figures(tmp_p
 
 def test_memory_estimate_counts_the_weights_adam_and_the_data():
     config = Config()
-    needed, weights = guard.training_memory(config)
-    assert weights == 535818 == guard.parameter_count(config.hidden)
+    needed, weights = memory.training_memory(config)
+    assert weights == 535818 == memory.parameter_count(config.hidden)
     assert 0.8 * 2 ** 30 < needed < 2 * 2 ** 30
-    bigger, _ = guard.training_memory(config, specs=[(100,), (4096, 4096)])
-    assert bigger == guard.training_memory(Config(hidden=(4096, 4096)))[0]
-    assert guard.training_memory(Config(committee=5))[1] == 5 * weights
+    bigger, _ = memory.training_memory(config, specs=[(100,), (4096, 4096)])
+    assert bigger == memory.training_memory(Config(hidden=(4096, 4096)))[0]
+    assert memory.training_memory(Config(committee=5))[1] == 5 * weights
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import digit_classifier as dc
-from digitkit import guard
+from digitkit import files
 from digitkit.config import Config
 from helpers import SCRIPT, run_cli, run_main
 
@@ -173,7 +173,7 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError):
-        guard.write_atomically(target, write_then_fail)
+        files.write_atomically(target, write_then_fail)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 

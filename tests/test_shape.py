@@ -17,7 +17,8 @@ from helpers import ROOT, SCRIPT
 
 PACKAGE = ROOT / "digitkit"
 # Imported before the flags chose Keras' backend: they must not load Keras or its friends.
-LIGHT = ("config", "cli", "data", "guard", "backend", "metrics", "report", "images", "draw",
+LIGHT = ("config", "cli", "data", "errors", "files", "folders", "memory", "preflight", "exits",
+         "checkpoint", "clock", "backend", "metrics", "report", "images", "draw",
          "tuning")
 
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 import digit_classifier as dc
 from digitkit import augment, backend, metrics, networks, plots, report, training
-from digitkit.config import Config, DATASETS, DIGITS, RunError
+from digitkit.config import DATASETS, DIGITS, Config
+from digitkit.errors import RunError
 from helpers import FAST, run_cli, run_main
 
 PNGS = ["confusion_matrix.png", "confusion_matrix_normalized.png", "training_curves.png",

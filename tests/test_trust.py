@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 import digit_classifier as dc
-from digitkit import backend, images, metrics, training, trust
-from digitkit.config import CONFIDENCE_LEVELS, Config
+from digitkit import backend, calibration, images, metrics, robustness, training
+from digitkit.calibration import CONFIDENCE_LEVELS
+from digitkit.config import Config
 from helpers import FAST, run_main, synthetic_digits
 
 
@@ -24,9 +25,9 @@ def digits(count, seed):
 def test_fitted_temperature_recovers_the_one_the_labels_were_drawn_with():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, size=(1, 20000, 10))
-    probabilities = trust.softmax_average(logits, 2.5)
+    probabilities = calibration.softmax_average(logits, 2.5)
     labels = np.array([rng.choice(10, p=p) for p in probabilities])
-    assert trust.fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
+    assert calibration.fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
 
 
 def test_expected_calibration_error_of_a_hand_computed_example():
@@ -34,8 +35,8 @@ def test_expected_calibration_error_of_a_hand_computed_example():
     probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
     labels = np.array([0, 1, 0, 0])
     expected = 0.5 * abs(0.5 - 0.95) + 0.5 * abs(1.0 - 0.55)
-    assert trust.expected_calibration_error(probabilities, labels) == pytest.approx(expected)
-    table = trust.calibration_bins(probabilities, labels)
+    assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+    table = calibration.calibration_bins(probabilities, labels)
     assert table["count"].sum() == 4 and table["count"][14] == 2 and table["count"][8] == 2
 
 
@@ -55,14 +56,14 @@ def small_model():
 
 def test_the_model_outputs_the_temperature_scaled_probabilities(small_model):
     result, data = small_model
-    calibration = result["calibration"]
-    assert calibration["fitted"] and calibration["temperature"] != 1.0
-    logits = trust.network_logits(result["final"], data["x_test"])  # already divided by T
-    uncalibrated = trust.softmax_average(logits * calibration["temperature"])
+    record = result["calibration"]
+    assert record["fitted"] and record["temperature"] != 1.0
+    logits = calibration.network_logits(result["final"], data["x_test"])  # already divided by T
+    uncalibrated = calibration.softmax_average(logits * record["temperature"])
     output = result["final"].predict(data["x_test"], verbose=0)
-    np.testing.assert_allclose(output, trust.softmax_average(logits), atol=1e-5)
+    np.testing.assert_allclose(output, calibration.softmax_average(logits), atol=1e-5)
     for key, probabilities in (("before", uncalibrated), ("after", output)):
-        assert calibration[key]["nll"] == pytest.approx(
+        assert record[key]["nll"] == pytest.approx(
             metrics.negative_log_likelihood(probabilities, data["y_test"]), abs=1e-4)
 
 
@@ -77,7 +78,7 @@ def test_a_committee_is_calibrated_with_one_temperature_for_all_members():
     before = [member.layers[-1].get_weights() for member in networks.networks(final)]
     x, y = digits(300, seed=4)
     data = dict(x_val=x[:200], y_val=y[:200], x_test=x[200:], y_test=y[200:])
-    record = trust.calibrate(final, data, trust.network_logits(final, data["x_test"]))
+    record = calibration.calibrate(final, data, calibration.network_logits(final, data["x_test"]))
     temperature = record["temperature"]
     assert record["fitted"] and temperature != pytest.approx(1.0)
     for member, (kernel, bias) in zip(networks.networks(final), before):
@@ -92,9 +93,9 @@ def test_without_a_validation_split_no_temperature_is_fitted(tmp_path, synthetic
                       "--validation-split", "0", "--no-plots")
     assert result.returncode == 0, result.stderr
     assert "calibration: none fitted (no validation split)" in result.stdout
-    calibration = json.loads((out / "metrics.json").read_text())["calibration"]
-    assert calibration["fitted"] is False and calibration["temperature"] == 1.0
-    assert calibration["after"] == calibration["before"]
+    record = json.loads((out / "metrics.json").read_text())["calibration"]
+    assert record["fitted"] is False and record["temperature"] == 1.0
+    assert record["after"] == record["before"]
     assert "No calibration fitted" in (out / "report.html").read_text()
 
 
@@ -130,15 +131,15 @@ def test_a_plain_keras_program_gets_the_scripts_probabilities(trained_synthetic,
 
 # --- robustness -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(trust.CORRUPTIONS))
+@pytest.mark.parametrize("name", list(robustness.CORRUPTIONS))
 def test_corruptions_are_deterministic_and_severity_zero_is_the_clean_set(name):
     images, _ = digits(50, seed=3)
-    np.testing.assert_array_equal(trust.corrupt(images, name, 0), images)
+    np.testing.assert_array_equal(robustness.corrupt(images, name, 0), images)
     previous = images
     for severity in (1, 2, 3):
-        once = trust.corrupt(images, name, severity)
+        once = robustness.corrupt(images, name, severity)
         assert once.shape == images.shape and once.dtype == images.dtype
-        np.testing.assert_array_equal(once, trust.corrupt(images, name, severity))
+        np.testing.assert_array_equal(once, robustness.corrupt(images, name, severity))
         assert not np.array_equal(once, images) and not np.array_equal(once, previous)
         assert np.isfinite(once).all() and once.min() >= -1e-6 and once.max() <= 1 + 1e-6
         previous = once
@@ -147,22 +148,22 @@ def test_corruptions_are_deterministic_and_severity_zero_is_the_clean_set(name):
 @pytest.mark.parametrize("name", ["gaussian noise", "rotation", "translation", "occlusion"])
 def test_the_random_corruptions_follow_their_seed(name):
     images, _ = digits(50, seed=3)
-    np.testing.assert_array_equal(trust.corrupt(images, name, 2, seed=1),
-                                  trust.corrupt(images, name, 2, seed=1))
-    assert not np.array_equal(trust.corrupt(images, name, 2, seed=1),
-                              trust.corrupt(images, name, 2, seed=2))
+    np.testing.assert_array_equal(robustness.corrupt(images, name, 2, seed=1),
+                                  robustness.corrupt(images, name, 2, seed=1))
+    assert not np.array_equal(robustness.corrupt(images, name, 2, seed=1),
+                              robustness.corrupt(images, name, 2, seed=2))
 
 
 def test_geometric_corruptions_move_pixels_as_named():
     image = np.zeros((1, 28, 28), np.float32)
     image[0, 14, 14] = 1.0
-    rotated = trust.resample(image, np.array([np.pi / 2]), np.ones(1), np.zeros(1), np.zeros(1))
+    rotated = robustness.resample(image, np.array([np.pi / 2]), np.ones(1), np.zeros(1), np.zeros(1))
     assert rotated[0, 14, 13] == pytest.approx(1.0)  # (row 14, col 14) about centre 13.5
-    shifted = trust.resample(image, np.zeros(1), np.ones(1), np.array([2.0]), np.array([-3.0]))
+    shifted = robustness.resample(image, np.zeros(1), np.ones(1), np.array([2.0]), np.array([-3.0]))
     assert shifted[0, 16, 11] == pytest.approx(1.0) and shifted.sum() == pytest.approx(1.0)
     line = np.zeros((1, 28, 28), np.float32)
     line[0, 10, 5:20] = 1.0
-    assert trust.corrupt(line, "thickening", 2).sum() > line.sum() > trust.corrupt(line, "thinning", 1).sum()
+    assert robustness.corrupt(line, "thickening", 2).sum() > line.sum() > robustness.corrupt(line, "thinning", 1).sum()
 
 
 def reference_resample(images, angle, scale, shift_y, shift_x):
@@ -193,26 +194,26 @@ def test_geometric_corruptions_match_a_reference_resampler():
     rng = np.random.default_rng(10)
     angle, scale = rng.uniform(-0.8, 0.8, 6), rng.choice([0.5, 0.8, 1.25, 2.0], 6)
     shift_y, shift_x = rng.uniform(-6, 6, 6), rng.uniform(-6, 6, 6)
-    np.testing.assert_allclose(trust.resample(images, angle, scale, shift_y, shift_x),
+    np.testing.assert_allclose(robustness.resample(images, angle, scale, shift_y, shift_x),
                                reference_resample(images, angle, scale, shift_y, shift_x),
                                atol=2e-5)
 
 
 def test_blur_is_a_separable_gaussian_with_zeros_beyond_the_border():
     images, _ = digits(3, seed=11)
-    for severity, sigma in enumerate(trust.CORRUPTIONS["blur"][1], start=1):
+    for severity, sigma in enumerate(robustness.CORRUPTIONS["blur"][1], start=1):
         radius = int(np.ceil(3 * sigma))
         taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
         taps /= taps.sum()
         rows = np.apply_along_axis(np.convolve, 1, images, taps, mode="same")
         expected = np.apply_along_axis(np.convolve, 2, rows, taps, mode="same")
-        np.testing.assert_allclose(trust.corrupt(images, "blur", severity), expected, atol=1e-5)
+        np.testing.assert_allclose(robustness.corrupt(images, "blur", severity), expected, atol=1e-5)
 
 
 def test_robustness_at_severity_zero_reproduces_the_clean_accuracy(small_model):
     result, data = small_model
-    for name in trust.CORRUPTIONS:
-        assert trust.corrupted_accuracy(result["final"], data["x_test"], data["y_test"], name,
+    for name in robustness.CORRUPTIONS:
+        assert robustness.corrupted_accuracy(result["final"], data["x_test"], data["y_test"], name,
                                         0) == result["scores"]["test_accuracy"]
 
 
@@ -224,8 +225,8 @@ def test_robustness_of_a_model_that_always_answers_zero_is_the_share_of_zeros():
     always_zero.layers[-1].set_weights([np.zeros((784, 10)), np.eye(10)[0] * 5])
     images, labels = digits(150, seed=7)
     share = float((labels == 0).mean())
-    record = trust.robustness(always_zero, images, labels, max_images=1000)
-    assert list(record["corruptions"]) == list(trust.CORRUPTIONS)
+    record = robustness.robustness(always_zero, images, labels, max_images=1000)
+    assert list(record["corruptions"]) == list(robustness.CORRUPTIONS)
     for result in record["corruptions"].values():
         assert result["accuracy"] == [share] * 3  # whatever the images look like
     assert record["mean_accuracy"] == pytest.approx(share)
@@ -240,8 +241,8 @@ def test_robustness_is_measured_on_a_fixed_subset_with_its_interval_stated():
     always_zero = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
                                     keras.layers.Dense(10, activation="softmax")])
     always_zero.layers[-1].set_weights([np.zeros((784, 10)), np.eye(10)[0] * 5])
-    first = trust.robustness(always_zero, images, labels, images=1000)
-    again = trust.robustness(always_zero, images, labels, images=1000)
+    first = robustness.robustness(always_zero, images, labels, images=1000)
+    again = robustness.robustness(always_zero, images, labels, images=1000)
     assert first == again and first["images"] == 1000  # the same images every time
     share = first["clean_accuracy"]
     assert abs(share - 1 / 3) < 0.05  # drawn from the whole test set, not its first 1,000
@@ -260,7 +261,7 @@ def test_a_training_run_records_calibration_and_robustness(trained_synthetic):
         assert sum(calibration[key]["reliability"]["count"]) == metrics["dataset"]["test_size"]
     assert [row["min_confidence"] for row in calibration["validation_unsure"]] == list(
         CONFIDENCE_LEVELS)
-    assert set(robust["corruptions"]) == set(trust.CORRUPTIONS)
+    assert set(robust["corruptions"]) == set(robustness.CORRUPTIONS)
     for name in ("calibration.png", "robustness.png", "corruptions.png"):
         assert (out / name).stat().st_size > 10_000
     page = (out / "report.html").read_text()
@@ -322,11 +323,11 @@ def test_min_confidence_is_checked(argv):
 
 
 def test_calibration_keeps_the_default_models_test_probabilities_honest(trained_mnist):
-    calibration = json.loads((trained_mnist / "metrics.json").read_text())["calibration"]
-    assert calibration["fitted"] and 0.5 < calibration["temperature"] < 2
+    record = json.loads((trained_mnist / "metrics.json").read_text())["calibration"]
+    assert record["fitted"] and 0.5 < record["temperature"] < 2
     # At 99% accuracy the test ECE is a few tenths of a percent either way, and a temperature
     # fitted on other images may move it by a few hundredths (README, "Can I trust an
     # answer?"): what calibration promises is that it stays small, never that it falls.
-    assert calibration["after"]["ece"] < 0.005
-    assert calibration["after"]["ece"] < calibration["before"]["ece"] + 0.0005
-    assert calibration["after"]["nll"] < 1.05 * calibration["before"]["nll"]
+    assert record["after"]["ece"] < 0.005
+    assert record["after"]["ece"] < record["before"]["ece"] + 0.0005
+    assert record["after"]["nll"] < 1.05 * record["before"]["nll"]

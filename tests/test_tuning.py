@@ -67,7 +67,7 @@ def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(syntheti
     import optuna
 
     import digit_classifier
-    from digitkit import cli, config, tuning
+    from digitkit import cli, errors, tuning
 
     mode, cfg, options = cli.parse_command_line(
         ["--data-dir", str(synthetic_dir), "--output-dir", str(tmp_path), "--tune", "2",
@@ -76,7 +76,7 @@ def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(syntheti
     search = tuning.open_study(cfg, options, tmp_path)
     search["study"].pruner = optuna.pruners.ThresholdPruner(lower=0.0)  # -loss is below 0
     data, _, _ = digit_classifier.load_data(cfg)
-    with pytest.raises(config.RunError, match="no trial finished"):
+    with pytest.raises(errors.RunError, match="no trial finished"):
         tuning.search(search, cfg, data, digit_classifier.new_model, digit_classifier.fit)
     study = search["study"]
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2

@@ -3,7 +3,7 @@
     python benchmarks/levers.py --data-dir ../shared/data/mnist [--repeats 5] [--epochs 4]
 
 Trains the seeds' network (3 x Dense(100), no distortion, no hold-out) with the script's
-default settings through `digit_classifier.new_model` and Keras' `fit`, once per variant
+default settings through `digit_classifier.train_and_evaluate`'s model and Keras' `fit`, once per variant
 per repeat, each run in its own process, variants alternated so that a noisy machine slows
 them alike. Prints, per variant, the medians of the first epoch's seconds (tracing or XLA
 compilation included), the later epochs' training samples per second, and the test
@@ -73,10 +73,18 @@ def worker(variant, data_dir, epochs):
     if variant == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     data = dc.split_and_scale(arrays, 0.0, config.seed)
-    model = dc.new_model(config, len(data["x_train"]))
-    if variant == "xla":
-        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
-                      steps_per_execution=config.steps_per_execution, jit_compile=True)
+    from digitkit import training
+    from digitkit.interrupts import StopSignals
+
+    # The script's own model, trained for no epoch, compiled again as the recipe compiles it
+    # for config's epochs (and with XLA for that variant): the variants time the fit.
+    model = dc.train_and_evaluate(dataclasses.replace(config, epochs=0), data, StopSignals(),
+                                  test=False)["model"]
+    steps_per_epoch = math.ceil(len(data["x_train"]) / config.batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(training.learning_rate(config, steps_per_epoch)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=config.steps_per_execution,
+                  jit_compile=True if variant == "xla" else "auto")
     seconds = []
 
     class Timer(keras.callbacks.Callback):

@@ -80,7 +80,7 @@ def worker(kind, data_dir, seed, target, overrides):
     backend.start(config)
     import keras
 
-    from digitkit import training  # imports Keras: only once backend.start chose its backend
+    from digitkit.interrupts import StopSignals
 
     if kind == "plain":  # TensorFlow's own thread defaults, not the script's choice
         import tensorflow as tf
@@ -104,13 +104,16 @@ def worker(kind, data_dir, seed, target, overrides):
                 clock["reached"] = clock["train"]
 
     if kind == "plain":  # exactly Keras' defaults: a plain compile and fit, nothing of ours
-        model = dc.build_model(config)
+        model = keras.Sequential([
+            keras.Input(shape=(28, 28)), keras.layers.Flatten(),
+            *(keras.layers.Dense(width, activation="relu") for width in config.hidden),
+            keras.layers.Dense(10, activation="softmax")])
         model.compile(optimizer=keras.optimizers.Adam(1e-3),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(data["x_train"], data["y_train"], batch_size=config.batch_size,
                   epochs=config.epochs, verbose=0, shuffle=True, callbacks=[Timer()])
     else:  # the script's own pipeline, as a training run calls it
-        dc.train_and_evaluate(config, data, training.StopSignals(), callbacks=[Timer()])
+        dc.train_and_evaluate(config, data, StopSignals(), callbacks=[Timer()])
     print(json.dumps(dict(
         kind=kind, seed=seed, epochs=config.epochs, batch_size=config.batch_size,
         steps_per_execution=config.steps_per_execution,

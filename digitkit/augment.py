@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from digitkit.config import IMAGE_SHAPE
+from digitkit.config import IMAGE_SHAPE, distortion
 
 
 @keras.saving.register_keras_serializable(package="digit_classifier")
@@ -108,8 +108,7 @@ class RandomDistortion(keras.layers.Layer):
         of them lie inside: four gathers in all.
         Every affine resampling here goes through Keras' affine_transform; this one samples
         the elastic field's arbitrary positions. Keras' map_coordinates gives the same
-        numbers 3.4x slower on a CPU (11.0 against 3.2 ms per batch of 128, 2-core AMD EPYC,
-        `python benchmarks/samplers.py`), too slow for --preset best's 30 minutes.
+        numbers, but slower on a CPU (docs/performance.md, "Design notes").
         """
         height, width = images.shape[1:]
         src_y = ops.clip(ops.cast(src_y, images.dtype), -1.0, float(height))
@@ -180,3 +179,16 @@ def deskew_model():
                                           interpolation="bilinear", fill_mode="constant",
                                           data_format="channels_last")
     return keras.Model(images, ops.squeeze(deskewed, -1), name="deskew")
+
+
+def layers(config):
+    """What stands between the input and Flatten for config: the distortion of every training
+    batch (--augment, at --augment-strength; never in use), then the deskewing (--deskew),
+    after it, so that the network always sees upright digits."""
+    found = []
+    if config.augment and config.augment_strength > 0:
+        shapes = distortion(config.augment, config.augment_strength)
+        found.append(RandomDistortion(**shapes, name="distort"))
+    if config.deskew:
+        found.append(deskew_model())
+    return found

@@ -41,9 +41,9 @@ def start(config):
     # look like errors but are not (a real failure still arrives as a Python exception).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ["KERAS_BACKEND"] = config.backend
-    # TensorFlow's TFLite converter imports JAX at start-up whenever it is installed (0.6 s),
-    # for a JAX converter this script never uses; Keras imports scikit-learn (0.6 s, and
-    # SciPy's statistics with it), for scikit-learn wrappers it never uses either.
+    # TensorFlow's TFLite converter imports JAX at start-up whenever it is installed, for a
+    # JAX converter this script never uses; Keras imports scikit-learn (and SciPy's
+    # statistics with it), for wrappers it never uses either (the cost: docs/performance.md).
     unused = ["jax", "sklearn"] if config.backend == "tensorflow" else ["sklearn"]
     try:
         with NativeStderrSilenced():

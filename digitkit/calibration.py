@@ -1,9 +1,10 @@
 """Calibration: probabilities that mean what they say.
 
-One temperature is fitted on the validation split (never the test set) and folded into the
-saved model's output weights, so every program that loads model.keras gets the calibrated
-probabilities; the record says how well they matched the test set's accuracy before and
-after. Imports Keras at its top: import this module only after backend.start.
+One temperature T is fitted on the validation split (never the test set); the model it
+gives divides each network's logits by T before the softmax, in Keras' own layers, so every
+program that loads model.keras gets the calibrated probabilities. The record says how well
+they match the test set's accuracy before and after. Imports Keras at its top: import this
+module only after backend.start.
 """
 
 import math
@@ -14,7 +15,7 @@ import numpy as np
 
 from digitkit.config import EVAL_BATCH_SIZE, IMAGE_SHAPE
 from digitkit.metrics import negative_log_likelihood
-from digitkit.networks import networks
+from digitkit.networks import averaged, networks
 
 CALIBRATION_BINS = 15  # equal-width confidence bins of the expected calibration error
 CONFIDENCE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # tabulated on the validation split
@@ -22,7 +23,8 @@ BODIES = weakref.WeakKeyDictionary()  # network -> the model of all its layers b
 
 
 def network_logits(model, images):
-    """Each network's pre-softmax outputs, (networks, images, classes), in float64.
+    """Each network's pre-softmax outputs, (networks, images, classes), in float64, for a
+    model whose networks end in Dense(10, softmax) (not yet calibrated).
 
     Read from the input of the last Dense layer and its weights, so that a temperature can be
     fitted exactly without another forward pass per trial.
@@ -91,15 +93,27 @@ def fit_temperature(logits, labels, low=0.05, high=20.0, steps=80):
     return math.exp((a + b) / 2)
 
 
-def apply_temperature(model, temperature):
-    """Divide each network's output weights by the temperature: softmax(z / T), saved as is.
+def with_temperature(model, temperature):
+    """A new model: each network of model with its logits divided by temperature.
 
-    The calibration then needs no layer of its own, so model.keras stays plain Keras and
-    every program that loads it gets the calibrated probabilities.
+    A network's last layer, Dense(10, softmax), becomes the same Dense without its softmax
+    (the logits, the same weights), then Rescaling(1 / T) named "temperature", then Softmax:
+    plain Keras layers, so model.keras loads with keras.models.load_model alone, and the
+    model's summary shows the step. The other layers are shared, weights and all.
     """
-    for network in networks(model):
+    def tempered(network):
+        """One network with the temperature before its softmax."""
         output = network.layers[-1]
-        output.set_weights([weight / temperature for weight in output.get_weights()])
+        logits = keras.layers.Dense(output.units, name="logits")
+        tempered = keras.Sequential([keras.Input(shape=IMAGE_SHAPE), *network.layers[:-1],
+                                     logits, keras.layers.Rescaling(1 / temperature,
+                                                                    name="temperature"),
+                                     keras.layers.Softmax(name="output")], name=network.name)
+        logits.set_weights(output.get_weights())
+        return tempered
+
+    members = [tempered(network) for network in networks(model)]
+    return members[0] if isinstance(model, keras.Sequential) else averaged(members, model.name)
 
 
 def unsure_table(probabilities, labels, levels=CONFIDENCE_LEVELS):
@@ -125,22 +139,23 @@ def calibration_figures(probabilities, labels):
                              for key, values in calibration_bins(probabilities, labels).items()})
 
 
-def calibrate(model, data, test_logits):
-    """Fit a temperature on the validation split and fold it into the model.
+def calibrate(model, data):
+    """Fit a temperature on the validation split; returns the model with it and the record.
 
-    test_logits are network_logits(model, data["x_test"]), computed once by the caller.
-    Returns the calibration record: the temperature, test ECE and NLL before and after, the
-    reliability bins before and after, and the unsure table on the validation split. Without
-    a validation split nothing is fitted (temperature 1) and the record says so.
+    model: a trained inference model (networks.for_inference). The record holds the
+    temperature, the test set's ECE and NLL before and after, their reliability bins, and
+    the unsure table on the validation split. Without a validation split nothing is fitted:
+    the model comes back as it was, and the record says so (temperature 1).
     """
+    test_logits = network_logits(model, data["x_test"])
     before = softmax_average(test_logits)
     record = dict(fitted=False, temperature=1.0, validation_size=len(data["x_val"]),
                   bins=CALIBRATION_BINS)
-    after, validation = before, None
+    after, validation, calibrated = before, None, model
     if len(data["x_val"]):
         validation_logits = network_logits(model, data["x_val"])
         temperature = fit_temperature(validation_logits, data["y_val"])
-        apply_temperature(model, temperature)
+        calibrated = with_temperature(model, temperature)
         after = softmax_average(test_logits, temperature)
         validation = softmax_average(validation_logits, temperature)
         record.update(fitted=True, temperature=temperature)
@@ -148,10 +163,4 @@ def calibrate(model, data, test_logits):
                   after=calibration_figures(after, data["y_test"]))
     if validation is not None:
         record["validation_unsure"] = unsure_table(validation, data["y_val"])
-    return record
-
-
-def member_accuracies(test_logits, labels):
-    """Each committee member's own test accuracy, from the logits the committee's came from."""
-    return [float((logits.argmax(axis=1) == labels).mean()) for logits in test_logits]
-
+    return calibrated, record

@@ -5,13 +5,16 @@ over an unfinished one before TensorFlow loads; loading the model itself imports
 """
 
 import json
+import logging
 from pathlib import Path
 
 from digitkit.config import Config, resume_fingerprint
 from digitkit.errors import RunError, one_line
 from digitkit.files import write_atomically, write_json
+from digitkit.messages import LOGGER
 
 CHECKPOINT_DIR = "checkpoint"  # in the output folder: an unfinished run's last epoch
+log = logging.getLogger(LOGGER)
 
 
 def checkpoint_state(output_dir):
@@ -38,18 +41,33 @@ def refuse_unfinished_run(output_dir, config):
 class Checkpoint:
     """The last finished epoch of a run (model with optimizer state, plus history), for --resume.
 
-    Keras' BackupAndRestore was weighed against it (Keras 3.15): it writes the weights, then
-    the epoch, each in place (a kill between them leaves a mismatched pair), counts an epoch
-    that a Ctrl-C cut short as finished, keeps no history, deletes its backup whenever fit
-    returns (a stop included) unless told not to, and knows no settings fingerprint. This
-    class writes each file whole, skips a cut-short epoch, refuses to resume with other
-    settings, and still reads the checkpoints earlier versions wrote.
+    Each file is written whole, an epoch a Ctrl-C cut short is skipped, a run with other
+    settings is refused, and the checkpoints earlier versions wrote still load (why not
+    Keras' BackupAndRestore: docs/development.md, "Design notes").
     """
 
     def __init__(self, output_dir):
         self.output_dir = Path(output_dir)
         self.directory = self.output_dir / CHECKPOINT_DIR
         self.state_path = self.directory / "state.json"
+
+    @classmethod
+    def for_run(cls, output_dir, config):
+        """The checkpoint of a training run in output_dir, after refusing to train afresh
+        over an unfinished run there (unless --resume continues it)."""
+        refuse_unfinished_run(output_dir, config)
+        return cls(output_dir)
+
+    def start(self, config):
+        """What --resume goes on from: (model, epochs done, history), or None to build anew."""
+        if not config.resume:
+            return None
+        if not self.exists():
+            log.info(f"no checkpoint in {self.directory}; starting from scratch")
+            return None
+        start = self.load(config)
+        log.info(f"resuming from {self.directory}: {start[1]} of {config.epochs} epochs done")
+        return start
 
     def exists(self):
         """Whether an unfinished run left a checkpoint here."""

@@ -10,15 +10,21 @@ import dataclasses
 import math
 import os
 import sys
+import shlex
 import textwrap
 from pathlib import Path
 
 from digitkit.checkpoint import checkpoint_state
-from digitkit.config import (AUGMENTATIONS, DATASET_DEFAULTS, DATASETS, DRAW_PORT, MAX_EPOCHS,
-                             MAX_SEED, MAX_STEPS_PER_EXECUTION, MIN_CONFIDENCE, PRESETS,
-                             TUNE_SPACE, Config, format_hidden)
+from digitkit.config import (AUGMENTATIONS, DATASET_DEFAULTS, DATASETS, DRAW_PORT,
+                             MIN_CONFIDENCE, PRESETS, TUNE_SPACE, Config, format_hidden)
 from digitkit.errors import RunError
 from digitkit.report import recorded_data
+
+# What the run can do with a number (the parser refuses the rest, exit 2): NumPy and Keras
+# take 32-bit seeds; past these, counts only make TensorFlow overflow.
+MAX_SEED = 2 ** 32 - 1
+MAX_EPOCHS = 100_000
+MAX_STEPS_PER_EXECUTION = 100_000
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,6 +35,18 @@ class Parser(argparse.ArgumentParser):
         # Escape control characters a user's argument may carry, so the error stays one line.
         message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def suggested_command(config, *flags):
+    """A command line for a message to suggest, repeating the user's own data and output flags."""
+    parts = ["python digit_classifier.py"]
+    if config.dataset != Config.dataset:
+        parts += ["--dataset", config.dataset]
+    if config.data_dir is not None:
+        parts += ["--data-dir", shlex.quote(str(config.data_dir))]
+    if config.output_dir != Config.output_dir:
+        parts += ["--output-dir", shlex.quote(str(config.output_dir))]
+    return " ".join(parts + list(flags))
 
 
 def checked(convert, is_valid, expected):

@@ -1,13 +1,13 @@
-"""Comparison: --compare trains several architectures, --repeats one over several seeds, and
-both report the mean and spread.
+"""Comparison: the figures of --repeats (one architecture over several seeds) and --compare
+(several architectures), their mean and spread, and the comparison's reports.
 
-Each run is the script's own pipeline (train_and_evaluate), passed in as `pipeline`: this
-package never imports the script. Every architecture is trained on the same data split with
-the same settings. Imports Keras and Matplotlib at its top: import this module only after
-backend.start.
+The script loops over the seeds and architectures, running its own recipe for each; this
+module seeds each run, takes its figures and summarises them. Imports Keras and Matplotlib
+at its top: import this module only after backend.start.
 """
 
 import dataclasses
+import logging
 import sys
 import time
 
@@ -16,50 +16,46 @@ import matplotlib.pyplot as plt
 
 from digitkit.config import DATASETS, format_hidden
 from digitkit.files import write_csv, write_json, write_text
-from digitkit.folders import publish, staging_dir
+from digitkit.folders import staged
 from digitkit.metrics import spread
 from digitkit.plots import save_figure
-from digitkit.report import (build_record, percent_spread, print_tensorboard_command, say,
+from digitkit.interrupts import StopSignals
+from digitkit.messages import LOGGER
+from digitkit.report import (build_record, percent_spread, print_tensorboard_command,
                              write_html_report)
-from digitkit.training import StopSignals
+
+log = logging.getLogger(LOGGER)
 
 
-def run_figures(result, seed):
-    """One run's headline figures, as repeats and comparisons tabulate them."""
+def seeded(config, seed):
+    """config for one run of a loop over seeds, quiet, with Keras' random seeds set to seed."""
+    keras.utils.set_random_seed(seed)
+    return dataclasses.replace(config, seed=seed, quiet=True)
+
+
+def run_figures(result, seed, config=None):
+    """One run's headline figures, as repeats and comparisons tabulate them; said in a line
+    when config (the loop's settings) is given."""
     training, scores = result["training"], result["scores"]
     kept = training["history"][training["kept_epoch"] - 1] if training["history"] else {}
-    return dict(seed=seed, parameters=result["parameters"], val_accuracy=kept.get("val_accuracy"),
-                test_accuracy=scores["test_accuracy"], test_loss=scores["test_loss"],
-                train_seconds=training["seconds"])
+    figures = dict(seed=seed, parameters=result["parameters"],
+                   val_accuracy=kept.get("val_accuracy"), test_accuracy=scores["test_accuracy"],
+                   test_loss=scores["test_loss"], train_seconds=training["seconds"])
+    if config is not None:
+        log.info(f"hidden {format_hidden(config.hidden)}, seed {seed}: test accuracy "
+                 f"{figures['test_accuracy']:.4%} in {figures['train_seconds']:.1f} s")
+    return figures
 
 
-def train_seeds(pipeline, config, data, seeds, signals):
-    """The seed loop: a fresh model per seed, all on the same split; stops at an interrupt."""
-    runs = []
-    for seed in seeds:
-        keras.utils.set_random_seed(seed)
-        result = pipeline(dataclasses.replace(config, seed=seed, quiet=True), data, signals)
-        if result["training"]["interrupted"]:
-            break
-        runs.append(run_figures(result, seed))
-        say(config, f"hidden {format_hidden(config.hidden)}, seed {seed}: test accuracy "
-                    f"{runs[-1]['test_accuracy']:.4%} in {runs[-1]['train_seconds']:.1f} s")
-    return runs
-
-
-def run_repeats(pipeline, config, data, first_run):
-    """Train the same configuration with seeds seed+1 ... and summarise all runs; a Ctrl-C
-    stops after the seeds finished so far, and the summary says it was interrupted."""
-    with StopSignals() as signals:
-        runs = [first_run] + train_seeds(pipeline, config, data,
-                                         range(config.seed + 1, config.seed + config.repeats),
-                                         signals)
+def summarise_repeats(runs, interrupted):
+    """--repeats: the mean and spread of the runs' figures, and whether a Ctrl-C cut the
+    seeds short."""
     validated = all(run["val_accuracy"] is not None for run in runs)
     summary = spread(runs, ("val_accuracy",) * validated
                      + ("test_accuracy", "test_loss", "train_seconds"))
-    summary["interrupted"] = signals.received is not None
-    say(config, f"test accuracy over {len(runs)} seeds: {summary['test_accuracy_mean']:.4%} "
-                f"± {summary['test_accuracy_std']:.4%} (mean ± standard deviation)")
+    summary["interrupted"] = interrupted
+    log.info(f"test accuracy over {len(runs)} seeds: {summary['test_accuracy_mean']:.4%} "
+             f"± {summary['test_accuracy_std']:.4%} (mean ± standard deviation)")
     return summary
 
 
@@ -89,7 +85,7 @@ def plot_comparison(rows, dataset_title, path):
     return save_figure(fig, path)
 
 
-def write_comparison(output_dir, rows, dataset_title):
+def write_tables(output_dir, rows, dataset_title):
     """comparison.csv, comparison.md and comparison.png, one row per architecture."""
     columns = ["hidden", "parameters", "runs", "val_accuracy_mean", "val_accuracy_std",
                "test_accuracy_mean", "test_accuracy_std", "train_seconds_mean",
@@ -109,42 +105,26 @@ def write_comparison(output_dir, rows, dataset_title):
     return table
 
 
-def run_comparison(pipeline, config, specs, output_dir, data, dataset_info, timing, started):
-    """Train every architecture with the same data split and settings, repeats times each.
-
-    data, dataset_info and timing are what the script's load_data returned; started is when
-    the run began (time.perf_counter()).
-    """
-    rows = []
-    with StopSignals() as signals:
-        for hidden in specs:
-            runs = train_seeds(pipeline, dataclasses.replace(config, hidden=tuple(hidden)), data,
-                               range(config.seed, config.seed + config.repeats), signals)
-            if runs:
-                rows.append(summarise_runs(hidden, runs))
-            if signals.received:
-                break
+def write_comparison(output_dir, config, rows, dataset_info, timing, started, interrupted):
+    """Publish the comparison's files (an earlier comparison's move aside) and print its table;
+    returns the exit status. started: when the run began (time.perf_counter())."""
     if not rows:
         print("interrupted before any architecture finished; nothing written", file=sys.stderr)
         return 130
-    with StopSignals(during="reports"):
-        stage = staging_dir(output_dir)  # published whole; an earlier comparison moves aside
-        table = write_comparison(stage, rows, DATASETS[config.dataset]["title"])
+    with StopSignals(during="reports"), staged(output_dir, "comparison") as stage:
+        table = write_tables(stage, rows, DATASETS[config.dataset]["title"])
         timing["total_seconds"] = round(time.perf_counter() - started, 3)
         record = build_record(config, dataset_info, timing=timing, comparison=rows)
-        record["interrupted"] = signals.received is not None
+        record["interrupted"] = interrupted
         write_json(stage / "comparison.json", record)
         write_html_report(stage / "report.html", record, [stage / "comparison.png"])
-        moved = publish(stage, output_dir)
     if not config.quiet:
-        if moved:
-            print(f"the previous comparison's files are now in {moved}")
         print("\n" + "\n".join(table))
         print(f"\nwrote {output_dir / 'comparison.csv'}, comparison.md, comparison.png, "
               f"comparison.json, report.html")
         if config.tensorboard:
             print_tensorboard_command(config.output_dir)
-    if signals.received:
+    if interrupted:
         print("interrupted: the comparison holds the architectures finished so far",
               file=sys.stderr)
         return 130

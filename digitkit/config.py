@@ -1,11 +1,10 @@
-"""Configuration: every default of a run in one frozen dataclass, the presets, and the errors.
+"""Configuration: every default of a run in one frozen dataclass, and the presets.
 
 The single home of defaults: the command line shows them in --help, metrics.json records
 them. Imports nothing heavy, so `--help` answers before TensorFlow is loaded.
 """
 
 import dataclasses
-import shlex
 
 DIGITS = tuple(str(d) for d in range(10))
 DATASETS = {
@@ -99,33 +98,12 @@ DATASET_DEFAULTS = {"mnist": {},
 MIN_CONFIDENCE = 0.8  # --predict's default: calibrated top probabilities below it are "unsure"
 MISCLASSIFIED_SHOWN = 40  # at most this many mistakes in misclassified.png
 DRAW_PORT = 2828  # --draw's default port: 28 x 28, away from the ports dev servers take
-DRAWING_MAX_BYTES = 1_000_000  # larger --draw request bodies are refused unread (413)
-# Larger images are refused before they are decoded, by --predict and --draw alike: room for
-# a phone's 12-50 MP photo of a digit, none for a decompression bomb.
-IMAGE_MAX_PIXELS = 50_000_000
 
-# What the run can do with a number (the parser refuses the rest, exit 2): NumPy and Keras
-# take 32-bit seeds; past these, counts only make TensorFlow overflow.
-MAX_SEED = 2 ** 32 - 1
-MAX_EPOCHS = 100_000
-MAX_STEPS_PER_EXECUTION = 100_000
 
 
 def format_hidden(hidden):
     """Hidden widths as the SPEC a user types ('none' for softmax regression)."""
     return ",".join(map(str, hidden)) or "none"
-
-
-def suggested_command(config, *flags):
-    """A command line for a message to suggest, repeating the user's own data and output flags."""
-    parts = ["python digit_classifier.py"]
-    if config.dataset != Config.dataset:
-        parts += ["--dataset", config.dataset]
-    if config.data_dir is not None:
-        parts += ["--data-dir", shlex.quote(str(config.data_dir))]
-    if config.output_dir != Config.output_dir:
-        parts += ["--output-dir", shlex.quote(str(config.output_dir))]
-    return " ".join(parts + list(flags))
 
 
 def config_record(config):

@@ -1,8 +1,9 @@
 """Data: read MNIST or Fashion-MNIST from IDX files, a Keras .npz or Keras' download, and check it.
 
 Returns uint8 arrays exactly as stored; scaling them to 0-1 is the script's own step. Local
-files are read before TensorFlow is imported, so bad data fails in a blink; every failure is
-a RunError naming the offending file. Imports nothing heavy.
+files are read before TensorFlow is imported, so bad data fails in a blink, then Keras is
+started (backend.start); every failure is a RunError naming the offending file. Imports
+nothing heavy.
 """
 
 import gzip
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from digitkit import backend
+from digitkit.clock import timed
 from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES
 from digitkit.errors import RunError, UsageError
 from digitkit.memory import available_memory
@@ -240,8 +243,26 @@ def check_training_size(train_count, config):
 
 
 def load(config, training=True):
-    """The flags' dataset (load_dataset) and, for training, the check that a batch fits."""
-    arrays, source = load_dataset(config.dataset, config.data_dir)
-    if training:
-        check_training_size(len(arrays["x_train"]), config)
-    return arrays, source
+    """The flags' dataset, checked, with Keras started: returns its arrays, a record of where
+    they came from, and the seconds spent loading and starting Keras.
+
+    The files of --data-dir are read before TensorFlow is imported, so bad data fails in a
+    blink; Keras' download needs Keras, so it comes after backend.start. For training, a
+    batch must fit in the training split.
+    """
+    timing, loaded = {}, None
+    if config.data_dir is not None:
+        with timed(timing, "load_seconds"):
+            loaded = load_dataset(config.dataset, config.data_dir)
+        if training:
+            check_training_size(len(loaded[0]["x_train"]), config)
+    with timed(timing, "import_seconds"):
+        backend.start(config)
+    if loaded is None:
+        with timed(timing, "load_seconds"):
+            loaded = load_dataset(config.dataset, None)
+        if training:
+            check_training_size(len(loaded[0]["x_train"]), config)
+    arrays, source = loaded
+    info = dict(name=config.dataset, title=DATASETS[config.dataset]["title"], source=source)
+    return arrays, info, timing

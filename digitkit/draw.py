@@ -12,6 +12,7 @@ import html
 import http.server
 import io
 import json
+import logging
 import signal
 import sys
 import threading
@@ -21,13 +22,16 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from digitkit import backend
-from digitkit.config import DATASETS, DRAWING_MAX_BYTES
+from digitkit.config import DATASETS
 from digitkit.errors import RunError
 from digitkit.images import BlankImageError, ImageError, decode_image, to_mnist_format
 from digitkit.metrics import answer
-from digitkit.report import saved_record, say
+from digitkit.messages import LOGGER
+from digitkit.report import saved_record
 
 PAGE = Path(__file__).with_name("draw.html")
+log = logging.getLogger(LOGGER)
+DRAWING_MAX_BYTES = 1_000_000  # larger --draw request bodies are refused unread (413)
 DRAWINGS_AT_ONCE = 4  # read and classified side by side; more get 503 "busy"
 
 
@@ -202,12 +206,14 @@ def drawing_page(model_path, min_confidence):
     return page.replace("{{facts}}", html.escape(" · ".join(facts))).encode()
 
 
-def run_draw(config, model_path, port, min_confidence):
+def run_draw(config, options):
     """Serve the drawing page on 127.0.0.1 until Ctrl-C (or SIGTERM); returns 0 then.
 
     A taken port fails before Keras loads. The signal handlers installed while serving are
-    put back when it returns.
+    put back when it returns. options: the parsed --model, --port and --min-confidence.
     """
+    model_path, port, min_confidence = (options["model"], options["port"],
+                                        options["min_confidence"])
     server = open_drawing_server(port)
     with server:
         backend.start(config)
@@ -234,5 +240,5 @@ def run_draw(config, model_path, port, min_confidence):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    say(config, "stopped")
+    log.info("stopped")
     return 0

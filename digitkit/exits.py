@@ -6,6 +6,7 @@ writing any result takes back the folders it created. Imports nothing heavy.
 """
 
 import contextlib
+import os
 import sys
 
 from digitkit.errors import RunError
@@ -39,3 +40,27 @@ def reported():
         outcome.status = 130
     finally:
         release_output_dirs(failed)
+
+
+def training_status(trained, repeats):
+    """A training run's exit status: 130, saying what the reports hold, if it was interrupted."""
+    if trained["interrupted"]:
+        print(f"interrupted: reports describe the model after {trained['epochs_completed']} "
+              f"epochs; rerun with --resume to finish training", file=sys.stderr)
+        return 130
+    if repeats and repeats["interrupted"]:
+        print(f"interrupted: the repeats hold the {len(repeats['seeds'])} seeds finished",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def leave(status):
+    """End the process with status at once, once every file is written and every lock gone.
+
+    The interpreter's teardown is skipped: in it TensorFlow only tidies up memory that the
+    process gives back anyway (docs/performance.md).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -12,8 +12,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitkit import ink
-from digitkit.config import IMAGE_MAX_PIXELS
 from digitkit.ink import BlankImageError, ImageError  # noqa: F401 (the errors callers catch)
+
+# Larger images are refused before they are decoded, by --predict and --draw alike: room for
+# a phone's 12-50 MP photo of a digit, none for a decompression bomb.
+IMAGE_MAX_PIXELS = 50_000_000
 
 
 def read_image(path):

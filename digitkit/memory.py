@@ -10,7 +10,7 @@ from digitkit.errors import RunError
 
 
 def parameter_count(hidden, committee=1):
-    """Weights and biases of build_model's network, counted without building it."""
+    """Weights and biases of the recipe's network, counted without building it."""
     widths = [math.prod(IMAGE_SHAPE), *hidden, NUM_CLASSES]
     return committee * sum((a + 1) * b for a, b in zip(widths, widths[1:]))
 

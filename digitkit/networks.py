@@ -11,11 +11,10 @@ import json
 import zipfile
 
 import keras
-import numpy as np
 from keras import layers
 
 from digitkit.augment import RandomDistortion
-from digitkit.config import DATASETS, IMAGE_SHAPE, NUM_CLASSES
+from digitkit.config import DATASETS, EVAL_BATCH_SIZE, IMAGE_SHAPE, NUM_CLASSES
 from digitkit.errors import RunError
 from digitkit.files import write_atomically
 
@@ -24,18 +23,13 @@ METADATA_NAME = "digit_classifier.json"  # our entry in the model.keras zip; Ker
 
 def committee(members):
     """Several networks side by side on the same input, their outputs stacked to
-    (batch, members, 10), so that each member is trained on its own loss (committee_labels);
-    for_inference averages them. Each member distorts every batch in its own way."""
+    (batch, members, 10), so that each member is trained on its own loss (the labels repeated
+    once per member); for_inference averages them. Each member distorts every batch in its
+    own way."""
     inputs = keras.Input(shape=IMAGE_SHAPE)
     stacked = [layers.Reshape((1, NUM_CLASSES))(member(inputs)) for member in members]
     return keras.Model(inputs, layers.Concatenate(axis=1, name="members")(stacked),
                        name="committee")
-
-
-def committee_labels(labels, model):
-    """Labels shaped for the model's output: one copy per committee member."""
-    members = model.output_shape[1] if len(model.output_shape) == 3 else 1
-    return labels if members == 1 else np.repeat(labels[:, None], members, axis=1)
 
 
 def for_inference(model):
@@ -44,18 +38,22 @@ def for_inference(model):
     This is what model.keras holds: plain Keras layers that any Keras program can load.
     """
     def strip(network):
-        """A Sequential of the network's layers minus the distortion, sharing the weights."""
+        """A new Sequential of the network's layers minus the distortion, sharing the weights
+        (a new model even when nothing is stripped: compiling it leaves the trained one be)."""
         kept = [layer for layer in network.layers if not isinstance(layer, RandomDistortion)]
-        if len(kept) == len(network.layers):
-            return network  # nothing to strip: keep it whole, optimizer state included
         return keras.Sequential([keras.Input(shape=IMAGE_SHAPE), *kept], name=network.name)
 
     if isinstance(model, keras.Sequential):
         return strip(model)
+    return averaged([strip(layer) for layer in model.layers
+                     if isinstance(layer, keras.Sequential)], model.name)
+
+
+def averaged(members, name):
+    """One model whose answer is the mean of the members' probabilities."""
     inputs = keras.Input(shape=IMAGE_SHAPE)
-    members = [strip(layer) for layer in model.layers if isinstance(layer, keras.Sequential)]
     average = layers.Average(name="average")([member(inputs) for member in members])
-    return keras.Model(inputs, average, name=model.name)
+    return keras.Model(inputs, average, name=name)
 
 
 def networks(model):
@@ -63,6 +61,14 @@ def networks(model):
     if isinstance(model, keras.Sequential):
         return [model]
     return [layer for layer in model.layers if isinstance(layer, keras.Sequential)]
+
+
+def member_accuracies(model, images, labels):
+    """Each committee member's own accuracy on images; None for a single network."""
+    if isinstance(model, keras.Sequential):
+        return None
+    return [float((member.predict(images, batch_size=EVAL_BATCH_SIZE, verbose=0).argmax(axis=1)
+                   == labels).mean()) for member in networks(model)]
 
 
 def describe_model(model):
@@ -79,8 +85,12 @@ def architecture(model):
         return f"average of {len(members)} x ({architecture(members[0])})"
     names = []
     for layer in model.layers:
-        if isinstance(layer, layers.Dense):
+        if isinstance(layer, layers.Dense) and layer.activation.__name__ == "linear":
+            names.append(f"Dense({layer.units})")  # the logits, before a temperature
+        elif isinstance(layer, layers.Dense):
             names.append(f"Dense({layer.units}, {layer.activation.__name__})")
+        elif isinstance(layer, layers.Rescaling) and layer.name == "temperature":
+            names.append(f"Temperature({1 / layer.scale:.4g})")
         elif isinstance(layer, layers.Dropout):
             names.append(f"Dropout({layer.rate:g})")
         elif isinstance(layer, keras.Model):  # the deskewing, a model of Keras ops
@@ -91,10 +101,18 @@ def architecture(model):
 
 
 def save_model(model, path, dataset):
-    """Write model.keras whole or not at all, with the facts it carries beside its weights."""
+    """Write model.keras whole or not at all, with the facts it carries beside its weights.
+
+    What is saved is an uncompiled copy, made from the model's config: the compile that
+    model.evaluate needed had an optimizer that never trained, and a model saved with one
+    warns about its missing state whenever it is loaded.
+    """
+    plain = type(model).from_config(model.get_config())
+    plain.set_weights(model.get_weights())
+
     def write(tmp):
         """The Keras archive, then our entry in it."""
-        model.save(tmp)
+        plain.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_NAME, json.dumps(dict(
                 dataset=dataset, classes=list(DATASETS[dataset]["classes"]),

@@ -20,8 +20,8 @@ from digitkit.config import DATASETS, MISCLASSIFIED_SHOWN, NUM_CLASSES  # noqa: 
 from digitkit.files import write_atomically  # noqa: E402
 from digitkit.robustness import CORRUPTIONS, corrupt  # noqa: E402
 
-# Seaborn imports SciPy's statistics (0.8 s) for its density estimates; the heatmap, the one
-# Seaborn plot here, never uses them, and Seaborn works without SciPy.
+# Seaborn imports SciPy's statistics for its density estimates (the cost: docs/performance.md);
+# the heatmap, the one Seaborn plot here, never uses them, and Seaborn works without SciPy.
 sns = import_without("seaborn", ["scipy.stats"])
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
-from digitkit.config import suggested_command
+from digitkit.cli import suggested_command
 from digitkit.errors import RunError
 
 

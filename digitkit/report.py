@@ -17,16 +17,10 @@ import numpy as np
 from digitkit import backend
 from digitkit.config import (DATASETS, MIN_CONFIDENCE, MISCLASSIFIED_SHOWN, config_record,
                              defaults_for, format_hidden)
-from digitkit.files import write_text
+from digitkit.files import write_json, write_text
 from digitkit.metrics import per_class_rows, top_confusions
 
 PAGE = string.Template((Path(__file__).with_name("report.html")).read_text(encoding="utf-8"))
-
-
-def say(config, message):
-    """Print a progress message unless --quiet."""
-    if not config.quiet:
-        print(message, flush=True)
 
 
 def build_record(config, dataset_info, scores=None, *, training=None, model_path=None,
@@ -64,6 +58,23 @@ def build_record(config, dataset_info, scores=None, *, training=None, model_path
     versions, device = backend.environment()
     record.update(timing=timing or {}, versions=versions, device=device)
     return record
+
+
+def run_record(config, dataset_info, result, **sections):
+    """build_record for a training run: result is what the script's recipe returned."""
+    return build_record(config, dataset_info, result["scores"], training=result["training"],
+                        architecture=result["architecture"], parameters=result["parameters"],
+                        member_test_accuracy=result["members"],
+                        calibration=result["calibration"], **sections)
+
+
+def write_run(stage, record, images):
+    """report.html and metrics.json beside the run's other files in stage; returns the paths
+    of every file the run wrote, in the order the summary lists them."""
+    written = [*images, write_html_report(stage / "report.html", record, images),
+               write_json(stage / "metrics.json", record), stage / "model.keras"]
+    return written + [stage / name for name in ("history.csv", "tuning.csv")
+                      if (stage / name).exists()]
 
 
 def headline_rows(record):
@@ -232,6 +243,9 @@ def print_summary(record, paths, quiet):
     if quiet:
         return
     class_names = DATASETS[record["dataset"]["name"]]["classes"]
+    if record.get("member_test_accuracy"):
+        print("committee members' test accuracy: " + ", ".join(
+            f"{accuracy:.2%}" for accuracy in record["member_test_accuracy"]))
     status = "INTERRUPTED run, " if record["interrupted"] else ""
     print(f"\n{status}test accuracy {record['test_accuracy']:.4%}  "
           f"error rate {record['error_rate']:.4%}  test loss {record['test_loss']:.4f}  "

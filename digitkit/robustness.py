@@ -9,7 +9,6 @@ import keras
 import numpy as np
 
 from digitkit.augment import gaussian_matrix
-from digitkit.calibration import network_logits, softmax_average
 from digitkit.config import EVAL_BATCH_SIZE
 
 # Corruptions of the test set (after MNIST-C, Mu and Gilmer 2019, and Morpho-MNIST's thickening
@@ -120,8 +119,7 @@ def corrupted_accuracy(model, images, labels, name, severity):
     return float((predicted == labels).mean())
 
 
-def robustness(model, x_test, y_test, images=ROBUSTNESS_IMAGES, max_images=60_000,
-               via_logits=False):
+def robustness(model, x_test, y_test, images=ROBUSTNESS_IMAGES, max_images=60_000):
     """Test accuracy under every corruption and severity: the record's 'robustness' entry.
 
     Measured on a fixed subset of the test set, `images` of them drawn with ROBUSTNESS_SEED
@@ -130,8 +128,6 @@ def robustness(model, x_test, y_test, images=ROBUSTNESS_IMAGES, max_images=60_00
     interval, recorded for each), at a fifth of the cost of MNIST's 10,000. The clean subset
     and the 27 corrupted sets are predicted together, as few at a time as keep one call under
     max_images images (60,000 of 28x28 float32: 190 MB): two calls for 2,000 images.
-    via_logits: model is one this package built and evaluated (evaluate), so its answers come
-    through network_logits' models, already traced, instead of a new trace of model.predict.
     """
     if len(x_test) > images:
         pick = np.sort(np.random.default_rng(ROBUSTNESS_SEED).choice(len(x_test), images,
@@ -145,9 +141,7 @@ def robustness(model, x_test, y_test, images=ROBUSTNESS_IMAGES, max_images=60_00
         group = sets[start:start + per_call]
         batch = np.concatenate([x_test if severity == 0 else corrupt(x_test, name, severity)
                                 for name, severity in group])
-        probabilities = (softmax_average(network_logits(model, batch)) if via_logits
-                         else model.predict(batch, batch_size=EVAL_BATCH_SIZE, verbose=0))
-        predicted = probabilities.argmax(axis=1)
+        predicted = model.predict(batch, batch_size=EVAL_BATCH_SIZE, verbose=0).argmax(axis=1)
         for (name, severity), answers in zip(group, np.split(predicted, len(group))):
             accuracy[name, severity] = float((answers == y_test).mean())
     clean = accuracy.pop(("clean", 0))

@@ -7,6 +7,7 @@ module only after backend.start.
 """
 
 import csv
+import logging
 import itertools
 import json
 import os
@@ -24,14 +25,16 @@ from digitkit.clock import timed
 from digitkit.config import DATASETS, EVAL_BATCH_SIZE, IMAGE_SHAPE, NUM_CLASSES
 from digitkit.errors import RunError, one_line
 from digitkit.files import write_atomically, write_json
-from digitkit.folders import STAGING_DIRS, publish, staging_dir
+from digitkit.folders import STAGING_DIRS, prepare_output_dir, publish, staged
 from digitkit.images import ImageError, read_image, visible_entries
 from digitkit.metrics import score
 from digitkit.networks import architecture, saved_dataset
 from digitkit.preflight import require_model_file, train_first
 from digitkit.reader import DigitReader
-from digitkit.report import build_record, print_summary, say, write_html_report
+from digitkit.messages import LOGGER
+from digitkit.report import build_record, print_summary, write_html_report
 
+log = logging.getLogger(LOGGER)
 PREDICT_CHUNK = 512  # images read and classified at a time, so memory stays bounded
 PREDICTIONS_SHOWN = 48  # at most this many images in predictions.png
 EXPLAINED_MAX = 50  # --explain draws the steps for at most this many images
@@ -62,18 +65,27 @@ def load_saved_model(path, config):
     return model, saved_dataset(path, model)
 
 
-def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, started):
-    """Evaluate a saved model on the test set and write the same reports as training.
+def run_evaluation(config, options, output_dir, data, dataset_info, timing, started):
+    """Evaluate a saved model (options["model"]) on the test set and write the same reports
+    as training, in output_dir (OUTPUT_DIR/evaluation).
 
     data is the test set (and the training images samples.png shows), loaded and scaled by
     the script as for training; started is when the run began (time.perf_counter()).
     """
+    model_path = options["model"]
+    if options["recorded"]:
+        log.info(f"data: {config.data_dir or 'the Keras download'} ({config.dataset}), "
+                 f"as recorded by the run that saved {model_path}")
+    output_dir = prepare_output_dir(output_dir)
     model, trained_on = load_saved_model(model_path, config)
     if trained_on != config.dataset:
         raise RunError(f"{model_path}: trained on {trained_on}; pass --dataset {trained_on}")
     with timed(timing, "evaluate_seconds"):
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        test_loss, test_accuracy = model.evaluate(data["x_test"], data["y_test"],
+                                                  batch_size=EVAL_BATCH_SIZE, verbose=0)
         probabilities = model.predict(data["x_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
-        scores = score(probabilities, data["y_test"])
+        scores = score(probabilities, data["y_test"], test_loss, test_accuracy)
     # The saved model's probabilities as they are (calibrated when training fitted a
     # temperature): how well they match its accuracy on this test set.
     calibration = dict(saved_model=True, fitted=False, bins=CALIBRATION_BINS,
@@ -81,27 +93,24 @@ def run_evaluation(config, model_path, output_dir, data, dataset_info, timing, s
     with timed(timing, "robustness_seconds"):
         robust = robustness.robustness(model, data["x_test"], data["y_test"])
     dataset = DATASETS[config.dataset]
-    stage = staging_dir(output_dir)  # published whole; an earlier evaluation moves aside
-    images = []
-    if config.plots:
-        with timed(timing, "report_seconds"):
-            images = [plots.plot_confusion_matrix(
-                scores["confusion_matrix"], dataset["classes"],
-                f"{dataset['title']} test set: confusion matrix (accuracy "
-                f"{scores['test_accuracy']:.2%})", stage / "confusion_matrix.png"),
-                *plots.draw_pictures(stage, data, scores, config, None, calibration)]
-            plots.add_robustness_picture(images, robust, config)
-    timing["total_seconds"] = round(time.perf_counter() - started, 3)
-    record = build_record(config, dataset_info, scores, timing=timing, model_path=model_path,
-                          architecture=architecture(model), parameters=int(model.count_params()),
-                          calibration=calibration, robustness=robust)
-    written = [*images, write_html_report(stage / "report.html", record, images),
-               write_json(stage / "metrics.json", record)]
-    moved = publish(stage, output_dir)
-    if moved:
-        say(config, f"the previous evaluation's files are now in {moved}")
-    written = [output_dir / Path(path).name for path in written]
-    print_summary(record, written, config.quiet)
+    with staged(output_dir, "evaluation") as stage:  # an earlier evaluation moves aside
+        images = []
+        if config.plots:
+            with timed(timing, "report_seconds"):
+                images = [plots.plot_confusion_matrix(
+                    scores["confusion_matrix"], dataset["classes"],
+                    f"{dataset['title']} test set: confusion matrix (accuracy "
+                    f"{scores['test_accuracy']:.2%})", stage / "confusion_matrix.png"),
+                    *plots.draw_pictures(stage, data, scores, config, None, calibration)]
+                plots.add_robustness_picture(images, robust, config)
+        timing["total_seconds"] = round(time.perf_counter() - started, 3)
+        record = build_record(config, dataset_info, scores, timing=timing,
+                              model_path=model_path, architecture=architecture(model),
+                              parameters=int(model.count_params()), calibration=calibration,
+                              robustness=robust)
+        written = [*images, write_html_report(stage / "report.html", record, images),
+                   write_json(stage / "metrics.json", record)]
+    print_summary(record, [output_dir / Path(path).name for path in written], config.quiet)
     return 0
 
 

@@ -1,73 +1,41 @@
-"""Training: Ctrl-C handled gracefully, a checkpoint per epoch, and the callbacks of model.fit.
+"""Training: what model.fit is given besides the data, the callbacks and the learning rate.
 
-The script calls model.fit itself; this module gives it what watches the training: the
-monitor (stop requests, a diverging loss, history.csv, the checkpoint that --resume reads),
-early stopping and TensorBoard. Imports Keras at its top: import this module only after
-backend.start.
+The script calls model.fit itself; this module gives it what watches the training (the
+monitor: stop requests, a diverging loss, history.csv, the checkpoint --resume reads; early
+stopping and TensorBoard) and the learning-rate schedule for Adam. Imports Keras at its top:
+import this module only after backend.start.
 """
 
+import logging
 import math
-import os
-import signal
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from digitkit import augment  # noqa: F401  registers RandomDistortion, so checkpoints load
 from digitkit.checkpoint import Checkpoint
 from digitkit.config import format_hidden
 from digitkit.errors import RunError
 from digitkit.files import write_history_csv
+from digitkit.messages import LOGGER
 from digitkit.report import tensorboard_logs
 
+log = logging.getLogger(LOGGER)
 
-class StopSignals:
-    """What SIGINT and SIGTERM do while installed; a second one always exits at once.
 
-    While training (the default), the first asks training to stop after this batch, and the
-    run then evaluates and reports the model as it stands; with at_once_until_trained, one
-    that comes before the first batch has trained stops at once instead (there is nothing
-    new to evaluate). Anywhere else (during="build", "reports"), the first stops the run at
-    once (exit 130); no file is left half-written, as every file is written atomically. A KeyboardInterrupt can be lost on its way (one raised
-    inside a garbage-collection callback, such as JAX's, is only printed as "ignored"), so
-    leaving the block raises it again if a signal came and nothing was raised.
-    """
-
-    def __init__(self, during="training", at_once_until_trained=False):
-        self.during = during
-        self.received = None
-        self.trained = not at_once_until_trained  # set by TrainingMonitor after a batch
-        self._previous = {}
-
-    def __enter__(self):
-        """Install the handlers for SIGINT and SIGTERM."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        """Restore the previous handlers; stop now if a stop-at-once signal got lost."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        if (self.during != "training" or not self.trained) and self.received and exc_type is None:
-            raise KeyboardInterrupt
-
-    def _handle(self, signum, frame):
-        """First signal: stop as this phase allows; second: exit now."""
-        if self.received is not None:
-            # Every file is written atomically, so leaving now cannot leave half a file.
-            os._exit(130)
-        self.received = signal.Signals(signum).name
-        if self.during == "training" and self.trained:
-            print(f"\n{self.received} received: stopping after this batch "
-                  f"(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-            return
-        kept = "; the files already written are kept" if self.during == "reports" else ""
-        print(f"\n{self.received} received: stopping{kept} (press Ctrl-C again to quit at once)",
-              file=sys.stderr, flush=True)
-        raise KeyboardInterrupt
+def learning_rate(config, steps_per_epoch):
+    """Adam's learning rate: --learning-rate, constant, or (--lr-schedule cosine) decaying to 0
+    by the last step, after --warmup-epochs of linear warm-up."""
+    if config.lr_schedule != "cosine":
+        return config.learning_rate
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else config.learning_rate,
+        decay_steps=max(1, config.epochs * steps_per_epoch - warmup_steps),
+        warmup_target=config.learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps)
 
 
 class TrainingMonitor(keras.callbacks.Callback):
@@ -79,12 +47,16 @@ class TrainingMonitor(keras.callbacks.Callback):
     whole each epoch (CSVLogger appends), so an interrupted run never leaves half a row.
     """
 
-    def __init__(self, config, signals, checkpoint_dir=None, history_csv=None, history=()):
+    def __init__(self, config, signals, folder=None, history=(), train_count=None):
+        """folder: (output folder, staging folder), for the checkpoints and history.csv;
+        history: the epochs a resumed run already has; train_count: images per epoch."""
         super().__init__()
-        self.config, self.signals = config, signals
-        self.checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir else None
-        self.history_csv = history_csv
+        self.config, self.signals, self.train_count = config, signals, train_count
+        output_dir, stage = folder or (None, None)
+        self.checkpoint = Checkpoint(output_dir) if output_dir else None
+        self.history_csv = Path(stage) / "history.csv" if stage else None
         self.history = list(history)
+        self.initial_epoch = len(self.history)
         self.epoch = len(self.history)
         self.stopped_mid_epoch = False
         self.nonfinite = None
@@ -94,6 +66,7 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         """A resumed run's history.csv starts whole, even if no epoch is left to train."""
+        self.started = time.perf_counter()
         if self.history and self.history_csv:
             write_history_csv(self.history_csv, self.history)
 
@@ -132,10 +105,15 @@ class TrainingMonitor(keras.callbacks.Callback):
         if self.signals.received:  # arrived during validation: the epoch itself finished
             self.model.stop_training = True
 
-    def outcome(self, callbacks, seconds, initial_epoch, train_count):
+    def on_train_end(self, logs=None):
+        """How long model.fit trained, its set-up before the first epoch included."""
+        self.seconds = time.perf_counter() - self.started
+
+    def outcome(self, callbacks):
         """The training record: history, kept epoch, seconds, speed, whether interrupted.
 
-        A diverged loss is a RunError, and its checkpoint is removed: resuming would diverge
+        callbacks: all that model.fit was given (early stopping chooses the epoch kept). A
+        diverged loss is a RunError, and its checkpoint is removed: resuming would diverge
         again, and no result is pretended.
         """
         if self.nonfinite:
@@ -145,20 +123,44 @@ class TrainingMonitor(keras.callbacks.Callback):
             raise RunError(f"training diverged: loss became {loss} at epoch {epoch}, batch "
                            f"{batch}; try a lower --learning-rate (now "
                            f"{self.config.learning_rate:g})")
-        epochs_run = len(self.history) - initial_epoch
+        epochs_run = len(self.history) - self.initial_epoch
         kept_epoch = len(self.history)
         for callback in callbacks:
             if isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_weights:
                 # An interrupted epoch is not in the history, even if it scored best.
                 kept_epoch = min(callback.best_epoch + 1, kept_epoch)
+        seconds = self.seconds
+        speed = epochs_run * self.train_count / seconds if epochs_run and self.train_count else None
+        interrupted = self.signals.received is not None
+        if interrupted and not self.config.quiet:
+            log.info(f"interrupted by {self.signals.received} during epoch {len(self.history) + 1} "
+                     f"of {self.config.epochs} ({len(self.history)} finished); evaluating the "
+                     f"model as it stands")
         return dict(
             history=self.history, seconds=seconds, kept_epoch=kept_epoch,
-            epochs_completed=len(self.history), interrupted=self.signals.received is not None,
-            timing=dict(first_epoch_seconds=round(self.epoch_seconds[0], 3)
+            epochs_completed=len(self.history), interrupted=interrupted,
+            samples_per_second=speed,
+            timing=dict(train_seconds=round(seconds, 3),
+                        samples_per_second=round(speed, 1) if speed else None,
+                        first_epoch_seconds=round(self.epoch_seconds[0], 3)
                         if self.epoch_seconds else None,
                         later_epochs_seconds=round(sum(self.epoch_seconds[1:]), 3),
-                        checkpoint_seconds=round(self.checkpoint_seconds, 3)),
-            samples_per_second=(epochs_run * train_count / seconds) if epochs_run else None)
+                        checkpoint_seconds=round(self.checkpoint_seconds, 3)))
+
+
+class Pruning(keras.callbacks.Callback):
+    """Tell an Optuna trial each epoch's validation loss (negated: the study maximises), and
+    stop the trial, raising pruned, when its pruner says so."""
+
+    def __init__(self, trial, pruned):
+        super().__init__()
+        self.trial, self.pruned = trial, pruned
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Report the epoch; stop here if the trial lags behind the others."""
+        self.trial.report(-float(logs["val_loss"]), epoch)
+        if self.trial.should_prune():
+            raise self.pruned(f"pruned after epoch {epoch + 1}")
 
 
 def standard_callbacks(config, validated):

@@ -8,8 +8,8 @@ same command run again continues a search that was interrupted or killed; with
 --tune-storage (any database URL Optuna accepts) and --study-name, the same command on
 several machines joins one study: Optuna's own distributed mode, no scheduler of ours.
 
-Imports Optuna at its top (and Keras inside search): import this module only when a
-tuning flag is given.
+Opens the study (digitkit/searching.py runs it) and writes its reports. Imports Optuna at
+its top, nothing of Keras: import this module only when a tuning flag is given.
 """
 
 import contextlib
@@ -19,7 +19,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +26,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from digitkit.cli import batch_powers
-from digitkit.config import (TUNE_SPACE, defaults_for, format_hidden, resume_fingerprint,
-                             suggested_command)
+from digitkit.cli import batch_powers, suggested_command
+from digitkit.config import TUNE_SPACE, defaults_for, resume_fingerprint
 from digitkit.errors import RunError, UsageError, one_line
 from digitkit.files import write_text
-from digitkit.report import say
 
 STUDY_FILE = "tuning.db"  # in the output folder, unless --tune-storage names a database
 STUDY_NAME = "digit_classifier"
@@ -183,7 +180,8 @@ def open_study(config, options, output_dir):
             seed=config.seed + len(study.trials) if embedded else None, multivariate=True,
             group=True, constant_liar=not embedded)
     return dict(study=study, embedded=embedded, url=shown, name=name, space=space,
-                trials=options["tune"], minutes=options["tune_minutes"])
+                trials=options["tune"], minutes=options["tune_minutes"],
+                timeout=options["tune_minutes"] * 60 if options["tune_minutes"] else None)
 
 
 def create_or_join(url, name, embedded, attempts=5):
@@ -263,131 +261,6 @@ def retry_unfinished(study, numbers=None):
         if ("worker" in trial.user_attrs and "error" not in trial.user_attrs
                 and trial.number not in retried):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-
-
-def described(config, space):
-    """The searched settings of a trial's config, as a short phrase."""
-    parts = []
-    if "layers" in space:
-        parts.append(f"hidden {format_hidden(config.hidden)}")
-    for name, text in (("dropout", "dropout {:.2f}"), ("learning_rate", "rate {:.2g}"),
-                       ("batch_size", "batch {}"), ("epochs", "{} epochs"),
-                       ("augment_strength", "distortion x{:.2f}")):
-        if name in space:
-            parts.append(text.format(getattr(config, name)))
-    return ", ".join(parts)
-
-
-def search(search_run, config, data, new_model, fit):
-    """Run trials until the study holds --tune N of them (or --tune-minutes pass); returns
-    the best trial's Config, or None when a Ctrl-C stopped the search."""
-    import keras
-
-    from digitkit import training
-
-    study, space, wanted = search_run["study"], search_run["space"], search_run["trials"]
-    if search_run["embedded"]:
-        retry_unfinished(study)
-    current = []  # the number of the trial under way
-    done = counted(study)
-    say(config, f"study {search_run['name']!r} in {search_run['url']}: {done} of {wanted} "
-                f"trials done or under way; searching {', '.join(space)}")
-
-    class Pruning(keras.callbacks.Callback):
-        """Tell the pruner each epoch's validation loss (negated: the study maximises)."""
-
-        def __init__(self, trial):
-            super().__init__()
-            self.trial = trial
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.trial.report(-float(logs["val_loss"]), epoch)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
-
-    def objective(trial):
-        """Train the trial's settings; its score is the last epoch's validation accuracy."""
-        current[:] = [trial.number]
-        trial_config = suggest(trial, config, space)
-        trial.set_user_attr("worker", WORKER)  # once the settings are chosen: retry_unfinished
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(config.seed + trial.number)
-        model = new_model(trial_config, len(data["x_train"]))
-        started = time.perf_counter()
-        try:
-            result = fit(model, data, dataclasses.replace(trial_config, quiet=True), signals,
-                         callbacks=[Pruning(trial)])
-        except optuna.TrialPruned as pruned:
-            say(config, f"trial {trial.number}: {described(trial_config, space)}: {pruned} "
-                        f"({time.perf_counter() - started:.0f} s)")
-            raise
-        except Exception as err:  # recorded with the trial; the search goes on
-            trial.set_user_attr("error", one_line(err))
-            say(config, f"trial {trial.number}: {described(trial_config, space)}: failed "
-                        f"({one_line(err)})")
-            raise
-        if result["interrupted"]:
-            raise KeyboardInterrupt
-        accuracy = float(result["history"][-1]["val_accuracy"])
-        trial.set_user_attr("train_seconds", round(result["seconds"], 1))
-        say(config, f"trial {trial.number}: {described(trial_config, space)}: validation "
-                    f"accuracy {accuracy:.2%} ({result['seconds']:.0f} s)")
-        return accuracy
-
-    def enough(study, trial):
-        """Stop once the study holds the trials asked for, this worker's and the others'."""
-        if counted(study) >= wanted:
-            study.stop()
-
-    started = time.perf_counter()
-    with training.StopSignals() as signals:
-        try:
-            if done < wanted:
-                study.optimize(objective, callbacks=[enough], catch=(Exception,),
-                               timeout=search_run["minutes"] * 60 if search_run["minutes"]
-                               else None, gc_after_trial=True)
-        except KeyboardInterrupt:
-            retry_unfinished(study, current)
-            search_run["interrupted"] = True
-        if not search_run["embedded"] and not search_run.get("interrupted"):
-            search_run["interrupted"] = not settle(study, config, signals)
-    search_run["seconds"] = time.perf_counter() - started
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    complete = states.count(TrialState.COMPLETE)
-    say(config, f"search: {complete} complete, {states.count(TrialState.PRUNED)} pruned, "
-                f"{states.count(TrialState.FAIL)} failed or stopped, of {wanted} asked for, "
-                f"in {search_run['seconds']:.0f} s")
-    if search_run.get("interrupted"):
-        finished = len(study.get_trials(deepcopy=False,
-                                        states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        print(f"interrupted: the study keeps every finished trial; run the same command "
-              f"again to continue ({finished} of {wanted} done)", file=sys.stderr)
-        return None
-    if not complete:
-        raise RunError("--tune: no trial finished, so there is no best one to train; see "
-                       "the errors above")
-    best = study.best_trial
-    best_config = suggest(optuna.trial.FixedTrial(best.params), config, space)
-    say(config, f"best: trial {best.number}, validation accuracy {best.value:.2%}; training "
-                f"it as a run:\n  {command_line(best_config)}")
-    return best_config
-
-
-def settle(study, config, signals):
-    """Wait until no other worker is running a trial of the shared study, so that every
-    worker reports the same best; a worker gone silent is failed by Optuna's heartbeat.
-    Returns False if a Ctrl-C ended the wait."""
-    told = False
-    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if signals.received:
-            return False
-        if not told:
-            say(config, f"waiting for {len(running)} trials other workers are running")
-            told = True
-        with quiet_experimental():
-            optuna.storages.fail_stale_trials(study)
-        time.sleep(SETTLE_SECONDS)
-    return True
 
 
 def command_line(config):

@@ -116,3 +116,18 @@ def built_once(tmp_path_factory, name, build):
             build(folder)
             (folder / "complete").write_text("")
     return folder
+
+
+def built(config):
+    """The model the script's recipe builds and compiles for config, trained for no epoch:
+    train_and_evaluate on a few blank images, stopping before the test set."""
+    import dataclasses
+
+    import digit_classifier
+    from digitkit.interrupts import StopSignals
+
+    blank, labels = np.zeros((8, 28, 28), np.float32), np.zeros(8, np.int32)
+    data = dict(x_train=blank, y_train=labels, x_val=blank[:0], y_val=labels[:0])
+    result = digit_classifier.train_and_evaluate(
+        dataclasses.replace(config, epochs=0, quiet=True), data, StopSignals(), test=False)
+    return result["model"]

@@ -464,7 +464,8 @@ def test_draw_puts_back_the_signal_handlers_it_installed(trained_synthetic, caps
 
     threading.Thread(target=interrupt_once_serving, daemon=True).start()
     try:
-        status = draw.run_draw(Config(quiet=True), trained_synthetic[0] / "model.keras", 0, 0.8)
+        status = draw.run_draw(Config(quiet=True), dict(
+            model=trained_synthetic[0] / "model.keras", port=0, min_confidence=0.8))
         assert status == 0
         assert signal.getsignal(signal.SIGINT) is sentinel
         assert signal.getsignal(signal.SIGTERM) is sentinel

@@ -16,7 +16,8 @@ import pytest
 import digit_classifier as dc
 from digitkit import files
 from digitkit.config import Config
-from helpers import SCRIPT, run_cli, run_main
+from digitkit.interrupts import StopSignals
+from helpers import SCRIPT, built, run_cli, run_main
 
 LONG = ["--epochs", "60", "--hidden", "32", "--batch-size", "64"]
 
@@ -243,7 +244,7 @@ def test_same_seed_gives_same_split_and_initial_weights():
     initial = []
     for _ in range(2):
         keras.utils.set_random_seed(3)
-        initial.append(dc.build_model(Config(hidden=(16,))).get_weights())
+        initial.append(built(Config(hidden=(16,))).get_weights())
     for first, second in zip(*initial):
         np.testing.assert_array_equal(first, second)
 
@@ -329,10 +330,8 @@ def test_sigint_while_writing_reports_stops_keeping_complete_files(tmp_path, syn
 
 
 def test_a_stop_at_once_is_not_lost_when_its_interrupt_is_swallowed():
-    from digitkit import training
-
     with pytest.raises(KeyboardInterrupt):
-        with training.StopSignals(during="build"):
+        with StopSignals(during="build"):
             try:
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(1)  # the handler raises in here

@@ -1,7 +1,6 @@
 """Training end to end on synthetic data: files, their contents, and the model contract."""
 
 import csv
-import dataclasses
 import html
 import json
 import re
@@ -14,10 +13,12 @@ import pytest
 from PIL import Image
 
 import digit_classifier as dc
-from digitkit import augment, backend, metrics, networks, plots, report, training
+from digitkit import augment, backend, metrics, networks, plots, report
+from digitkit.checkpoint import Checkpoint
 from digitkit.config import DATASETS, DIGITS, Config
 from digitkit.errors import RunError
-from helpers import FAST, run_cli, run_main
+from digitkit.interrupts import StopSignals
+from helpers import FAST, built, run_cli, run_main
 
 PNGS = ["confusion_matrix.png", "confusion_matrix_normalized.png", "training_curves.png",
         "misclassified.png", "samples.png", "calibration.png", "robustness.png", "corruptions.png"]
@@ -240,7 +241,7 @@ def test_output_dir_that_is_a_file_fails_before_training(tmp_path, synthetic_dir
 # Contract tests on the model itself (in-process).
 
 def test_default_model_shape_and_parameter_count():
-    model = dc.build_model(Config(augment=None, dropout=0.0))
+    model = built(Config(augment=None, dropout=0.0))
     assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
     expected = 0
     widths = [784, *Config().hidden, 10]
@@ -252,18 +253,18 @@ def test_default_model_shape_and_parameter_count():
 
 
 def test_seed_network_has_99710_parameters():
-    assert dc.build_model(Config(hidden=(100, 100, 100))).count_params() == 99_710
+    assert built(Config(hidden=(100, 100, 100))).count_params() == 99_710
 
 
 def test_no_hidden_layer_is_softmax_regression():
-    model = dc.build_model(Config(hidden=()))
+    model = built(Config(hidden=()))
     assert model.count_params() == 784 * 10 + 10
 
 
 def test_dropout_adds_one_layer_per_hidden_layer():
     import keras
 
-    model = dc.build_model(Config(hidden=(64, 32, 16), dropout=0.3))
+    model = built(Config(hidden=(64, 32, 16), dropout=0.3))
     dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert len(dropouts) == 3 and all(layer.rate == 0.3 for layer in dropouts)
     names = [layer.name for layer in model.layers]
@@ -275,7 +276,7 @@ def test_augmentation_acts_in_training_only(kind):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = dc.build_model(Config(hidden=(16,), augment=kind))
+    model = built(Config(hidden=(16,), augment=kind))
     distort = model.layers[0]
     assert isinstance(distort, augment.RandomDistortion)
     images = np.zeros((8, 28, 28), np.float32)
@@ -382,7 +383,7 @@ def test_deskewing_stands_a_slanted_stroke_upright_and_centres_it():
 def test_a_deskewing_model_deskews_in_use_and_after_a_plain_keras_load(tmp_path):
     import keras
 
-    model = networks.for_inference(dc.build_model(Config(hidden=(16,), augment="elastic",
+    model = networks.for_inference(built(Config(hidden=(16,), augment="elastic",
                                                           deskew=True, dropout=0.0)))
     assert networks.architecture(model).startswith("Deskew -> Flatten")
     images = np.stack([sheared_bar(0.6), sheared_bar(-0.4)]).astype(np.float32)
@@ -424,10 +425,8 @@ def test_committee_trains_each_member_on_its_own_loss_and_averages_them():
     import keras
 
     keras.utils.set_random_seed(0)
-    model = dc.build_model(Config(hidden=(16,), augment="elastic", committee=3, dropout=0.0))
-    assert model.output_shape == (None, 3, 10)
-    labels = np.array([3, 1, 4])
-    np.testing.assert_array_equal(networks.committee_labels(labels, model), [[3] * 3, [1] * 3, [4] * 3])
+    model = built(Config(hidden=(16,), augment="elastic", committee=3, dropout=0.0))
+    assert model.output_shape == (None, 3, 10)  # one answer per member, each with its loss
     final = networks.for_inference(model)
     assert final.output_shape == (None, 10) and final.name == model.name
     assert not any(isinstance(layer, augment.RandomDistortion)
@@ -491,8 +490,8 @@ def test_jax_backend_trains_a_model_that_tensorflow_evaluates_alike(tmp_path, sy
 @pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer:UserWarning")
 def test_checkpoint_of_a_distorting_committee_loads_for_resume(tmp_path):
     config = Config(hidden=(8,), augment="elastic", deskew=True, committee=2, quiet=True)
-    model = dc.compile_model(dc.build_model(config), config, steps_per_epoch=4)
-    checkpoint = training.Checkpoint(tmp_path)
+    model = built(config)
+    checkpoint = Checkpoint(tmp_path)
     checkpoint.save(model, 1, [{"epoch": 1}], config)
     loaded, epochs_done, history = checkpoint.load(config)
     images = np.random.default_rng(2).random((3, 28, 28)).astype(np.float32)
@@ -503,8 +502,8 @@ def test_checkpoint_of_a_distorting_committee_loads_for_resume(tmp_path):
 
 def test_a_checkpoint_that_cannot_load_says_why_in_one_line(tmp_path):
     config = Config(hidden=(8,), augment=None, quiet=True)
-    model = dc.compile_model(dc.build_model(config), config, steps_per_epoch=4)
-    checkpoint = training.Checkpoint(tmp_path)
+    model = built(config)
+    checkpoint = Checkpoint(tmp_path)
     checkpoint.save(model, 1, [{"epoch": 1}], config)
     (checkpoint.directory / "epoch-0001.keras").write_bytes(b"not a zip")
     with pytest.raises(RunError) as error:
@@ -552,15 +551,10 @@ def test_patience_stops_early_and_keeps_the_best_epoch():
     # Every validation label is wrong, so validation loss worsens as the network learns.
     data = dict(x_train=x[100:], y_train=y[100:], x_val=x[:100], y_val=(y[:100] + 1) % 10)
     config = Config(hidden=(32,), dropout=0.0, epochs=30, batch_size=50, patience=1,
-                       lr_schedule="constant", steps_per_execution=1, quiet=True)
+                    lr_schedule="constant", steps_per_execution=1, quiet=True, augment=None)
     keras.utils.set_random_seed(0)
-    model = dc.compile_model(dc.build_model(dataclasses.replace(config, augment=None)), config,
-                             steps_per_epoch=10)
-
-    class NoSignal:
-        received = None
-
-    trained = dc.fit(model, data, config, NoSignal())
+    result = dc.train_and_evaluate(config, data, StopSignals(), test=False)
+    model, trained = result["model"], result["training"]
     assert trained["kept_epoch"] == 1
     assert trained["epochs_completed"] == 2  # one epoch without improvement, then stop
     losses = [row["val_loss"] for row in trained["history"]]
@@ -580,7 +574,7 @@ def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json()
     config = Config(hidden=(32,), epochs=3, batch_size=64, augment=None, quiet=True, seed=3)
     backend.start(config)
     data = dc.split_and_scale(arrays, config.validation_split, config.seed)
-    result = dc.train_and_evaluate(config, data, training.StopSignals())
+    result = dc.train_and_evaluate(config, data, StopSignals())
     trained, scores = result["training"], result["scores"]
     assert trained["epochs_completed"] == 3 and not trained["interrupted"]
     assert [row["epoch"] for row in trained["history"]] == [1, 2, 3]
@@ -593,8 +587,9 @@ def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json()
     record = report.build_record(config, info, scores, training=trained,
                                  architecture=result["architecture"],
                                  timing={"train_seconds": trained["seconds"]})
+    temperature = result["calibration"]["temperature"]
     assert record["architecture"] == ("Flatten -> Dense(32, relu) -> Dropout(0.2) -> "
-                                      "Dense(10, softmax)")
+                                      f"Dense(10) -> Temperature({temperature:.4g}) -> Softmax")
     assert record["test_accuracy"] == scores["test_accuracy"] and record["epochs_completed"] == 3
     assert json.loads(json.dumps(record)) == record  # plain values only
 

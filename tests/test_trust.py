@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 import digit_classifier as dc
-from digitkit import backend, calibration, images, metrics, robustness, training
+from digitkit import backend, calibration, images, metrics, robustness
 from digitkit.calibration import CONFIDENCE_LEVELS
 from digitkit.config import Config
-from helpers import FAST, run_main, synthetic_digits
+from digitkit.interrupts import StopSignals
+from helpers import FAST, built, run_main, synthetic_digits
 
 
 def digits(count, seed):
@@ -51,17 +52,23 @@ def small_model():
                        validation_split=0.2)
     backend.start(config)
     data = dc.split_and_scale(arrays, config.validation_split, config.seed)
-    return dc.train_and_evaluate(config, data, training.StopSignals()), data
+    return dc.train_and_evaluate(config, data, StopSignals()), data
 
 
 def test_the_model_outputs_the_temperature_scaled_probabilities(small_model):
+    import keras
+
     result, data = small_model
-    record = result["calibration"]
+    record, final = result["calibration"], result["final"]
     assert record["fitted"] and record["temperature"] != 1.0
-    logits = calibration.network_logits(result["final"], data["x_test"])  # already divided by T
-    uncalibrated = calibration.softmax_average(logits * record["temperature"])
-    output = result["final"].predict(data["x_test"], verbose=0)
-    np.testing.assert_allclose(output, calibration.softmax_average(logits), atol=1e-5)
+    # The calibration is a layer of its own, between the logits and the softmax.
+    assert [layer.name for layer in final.layers[-3:]] == ["logits", "temperature", "output"]
+    logits = keras.Model(final.inputs, final.get_layer("logits").output).predict(
+        data["x_test"], verbose=0)[None].astype(np.float64)
+    uncalibrated = calibration.softmax_average(logits)
+    output = final.predict(data["x_test"], verbose=0)
+    np.testing.assert_allclose(output, calibration.softmax_average(logits, record["temperature"]),
+                               atol=1e-5)
     for key, probabilities in (("before", uncalibrated), ("after", output)):
         assert record[key]["nll"] == pytest.approx(
             metrics.negative_log_likelihood(probabilities, data["y_test"]), abs=1e-4)
@@ -74,17 +81,27 @@ def test_a_committee_is_calibrated_with_one_temperature_for_all_members():
 
     keras.utils.set_random_seed(1)
     config = Config(hidden=(8,), committee=3, augment=None, dropout=0.0)
-    final = networks.for_inference(dc.build_model(config))
+    final = networks.for_inference(built(config))
     before = [member.layers[-1].get_weights() for member in networks.networks(final)]
     x, y = digits(300, seed=4)
     data = dict(x_val=x[:200], y_val=y[:200], x_test=x[200:], y_test=y[200:])
-    record = calibration.calibrate(final, data, calibration.network_logits(final, data["x_test"]))
+    calibrated, record = calibration.calibrate(final, data)
     temperature = record["temperature"]
     assert record["fitted"] and temperature != pytest.approx(1.0)
-    for member, (kernel, bias) in zip(networks.networks(final), before):
-        new_kernel, new_bias = member.layers[-1].get_weights()  # each divided by the same T
-        np.testing.assert_allclose(new_kernel * temperature, kernel, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(new_bias * temperature, bias, rtol=1e-5, atol=1e-7)
+    members = networks.networks(calibrated)
+    assert len(members) == 3 and calibrated is not final  # a new model; final is untouched
+    for member, network, (kernel, bias) in zip(members, networks.networks(final), before):
+        # Each member: its own logits, unchanged, then the same temperature, then the softmax.
+        np.testing.assert_array_equal(network.layers[-1].get_weights()[0], kernel)
+        logits = member.get_layer("logits").get_weights()
+        np.testing.assert_array_equal(logits[0], kernel)
+        np.testing.assert_array_equal(logits[1], bias)
+        assert member.get_layer("temperature").scale == pytest.approx(1 / temperature)
+    images = x[200:].astype(np.float32)
+    np.testing.assert_allclose(
+        calibrated.predict(images, verbose=0),
+        calibration.softmax_average(calibration.network_logits(final, images), temperature),
+        atol=1e-5)
 
 
 def test_without_a_validation_split_no_temperature_is_fitted(tmp_path, synthetic_dir):

@@ -63,21 +63,28 @@ def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it
 
 
 @pytest.mark.slow
-def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(synthetic_dir, tmp_path):
+def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(synthetic_dir, tmp_path,
+                                                                        monkeypatch):
     import optuna
 
-    import digit_classifier
-    from digitkit import cli, errors, tuning
+    from digitkit import tuning
 
-    mode, cfg, options = cli.parse_command_line(
-        ["--data-dir", str(synthetic_dir), "--output-dir", str(tmp_path), "--tune", "2",
-         *TINY[:1], "3", *TINY[2:]])  # three epochs each
-    assert mode == "tune"
-    search = tuning.open_study(cfg, options, tmp_path)
-    search["study"].pruner = optuna.pruners.ThresholdPruner(lower=0.0)  # -loss is below 0
-    data, _, _ = digit_classifier.load_data(cfg)
-    with pytest.raises(errors.RunError, match="no trial finished"):
-        tuning.search(search, cfg, data, digit_classifier.new_model, digit_classifier.fit)
+    opened = []
+
+    def with_a_pruner_that_prunes_all(*args):
+        """The study the command opens, with a pruner that stops every trial (-loss < 0)."""
+        search = open_study(*args)
+        search["study"].pruner = optuna.pruners.ThresholdPruner(lower=0.0)
+        opened.append(search)
+        return search
+
+    open_study = tuning.open_study
+    monkeypatch.setattr(tuning, "open_study", with_a_pruner_that_prunes_all)
+    result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, "--tune", "2",
+                      *TINY[:1], "3", *TINY[2:])  # three epochs each
+    assert result.returncode == 1, result.stderr
+    assert "no trial finished" in result.stderr
+    search = opened[0]
     study = search["study"]
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert all(list(t.intermediate_values) == [0] for t in study.trials)  # after epoch 1
@@ -86,17 +93,16 @@ def test_a_pruned_trial_stops_after_its_epoch_and_is_recorded_as_pruned(syntheti
 
 
 @pytest.mark.slow
-def test_a_study_made_with_other_settings_is_refused_and_kept(synthetic_dir, tmp_path):
+def test_a_study_made_with_other_settings_is_refused_and_kept(synthetic_dir, tmp_path,
+                                                              monkeypatch):
     import digit_classifier
-    from digitkit import cli, tuning
 
     out = tmp_path / "out"
-    out.mkdir()
-    _, cfg, options = cli.parse_command_line(  # the two trials of `--tune 2 TINY`, no run after
-        ["--data-dir", str(synthetic_dir), "--output-dir", str(out), "--tune", "2", *TINY])
-    search = tuning.open_study(cfg, options, out)
-    data, _, _ = digit_classifier.load_data(cfg)
-    tuning.search(search, cfg, data, digit_classifier.new_model, digit_classifier.fit)
+    with monkeypatch.context() as patched:  # the two trials of `--tune 2 TINY`, no run after
+        patched.setattr(digit_classifier, "run_training", lambda best, search: 0)
+        searched = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2",
+                            *TINY)
+    assert searched.returncode == 0, searched.stderr
     other = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY,
                      "--dropout", "0.1")
     assert other.returncode == 2

@@ -269,12 +269,13 @@ def run(mode, config, options):
         from digitkit import draw  # the HTTP server and Pillow: only for --draw
 
         return draw.run_draw(config, options)
-    if mode == "predict":
-        output_dir = folders.prepare_output_dir(config.output_dir)  # no lock: it only adds
+    if mode in ("predict", "export"):  # --predict only adds files: it takes no lock
+        output_dir = folders.prepare_output_dir(config.output_dir, mode == "export", mode)
         backend.start(config)
-        from digitkit import saved
+        from digitkit import export, saved
 
-        return saved.run_prediction(config, options, output_dir)
+        run_mode = export.run_export if mode == "export" else saved.run_prediction
+        return run_mode(config, options, output_dir)
     started = time.perf_counter()  # --evaluate: its reports go beside the training run's
     output_dir = folders.prepare_output_dir(config.output_dir, lock=True, what="evaluation")
     data, dataset_info, timing = load_data(config, training=False)
@@ -286,7 +287,7 @@ def run(mode, config, options):
 
 def main(argv=None):
     """Parse the flags, run, and turn any failure into one line and an exit status."""
-    cli.usable_streams()  # a closed stdout, an ASCII-only terminal
+    messages.usable_streams()  # a closed stdout, an ASCII-only terminal
     mode, config, options = cli.parse_command_line(argv)  # --help, usage errors: exit 0 or 2
     messages.configure(config.quiet)
     with exits.reported() as outcome:

@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import shlex
 import textwrap
 from pathlib import Path
@@ -77,22 +76,28 @@ steps_count = checked(int, lambda v: 1 <= v <= MAX_STEPS_PER_EXECUTION,
 strength = checked(float, lambda v: 0 <= v <= 10, "a number from 0 to 10")
 
 
+# What --tune-range NAME=LOW:HIGH may search: any range that NAME's own flag accepts (--hidden's
+# count of widths, and each width; --dropout; ...), narrower or wider than the default one.
+TUNE_LIMITS = {"layers": nonnegative_int, "width": positive_int, "dropout": fraction,
+               "learning_rate": positive_float, "batch_size": positive_int,
+               "epochs": epoch_count, "augment_strength": strength}
+
+
 def tune_range(text):
-    """NAME=LOW:HIGH for --tune-range, inside the range --tune would search by default."""
+    """NAME=LOW:HIGH for --tune-range: LOW <= HIGH, each a value NAME's own flag accepts."""
     name, _, bounds = text.partition("=")
     name = name.strip().replace("-", "_")
     if name not in TUNE_SPACE:
         raise argparse.ArgumentTypeError(
             f"expected NAME=LOW:HIGH with NAME one of {', '.join(TUNE_SPACE)}, got {text!r}")
-    low, high, _ = TUNE_SPACE[name]
-    kind = int if isinstance(low, int) else float
+    parts = bounds.split(":")
     try:
-        values = tuple(kind(part) for part in bounds.split(":"))
-    except ValueError:
-        values = ()
-    if len(values) != 2 or not low <= values[0] <= values[1] <= high:
+        values = tuple(TUNE_LIMITS[name](part) for part in parts) if len(parts) == 2 else ()
+    except argparse.ArgumentTypeError as err:  # "expected an integer of at least 1, got '0'"
+        raise argparse.ArgumentTypeError(f"{name}=LOW:HIGH: {err}") from None
+    if len(values) != 2 or values[0] > values[1]:
         raise argparse.ArgumentTypeError(
-            f"expected {name}=LOW:HIGH with {low:g} <= LOW <= HIGH <= {high:g}, got {text!r}")
+            f"expected {name}=LOW:HIGH with LOW <= HIGH, got {text!r}")
     if name == "batch_size" and not batch_powers(*values):
         raise argparse.ArgumentTypeError(f"no power of two from {values[0]} to {values[1]}")
     return name, values
@@ -163,6 +168,9 @@ def build_parser():
     mode.add_argument("--draw", action="store_true",
                       help="serve a page on 127.0.0.1 where you draw a digit with mouse, pen or "
                            "finger and see the saved model's answer as you draw (see --port)")
+    mode.add_argument("--export", choices=("onnx", "litert", "savedmodel"), metavar="FORMAT",
+                      help="write the saved model (see --model) for another runtime: onnx "
+                           "(model.onnx), litert (model.tflite) or savedmodel (TF Serving)")
     mode.add_argument("--evaluate", action="store_true",
                       help="evaluate a saved model on the test set and write its reports "
                            "in OUTPUT_DIR/evaluation")
@@ -295,22 +303,11 @@ def build_parser():
 DATA_DIR_VARIABLE = "DIGIT_CLASSIFIER_DATA_DIR"  # gives --data-dir's default, offline
 
 
-def usable_streams():
-    """stdout and stderr that cannot fail a run: a closed one (`>&-`) writes nowhere, and
-    what a terminal's encoding cannot show (a name on an ASCII-only one) comes out escaped."""
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if stream is None:
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
-        elif hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-
-
 def parse_command_line(argv=None):
     """Parse and cross-check the flags; return (mode, config, options) or exit 2."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    mode = next((name for name in ("predict", "draw", "evaluate", "compare", "tune")
+    mode = next((name for name in ("predict", "draw", "evaluate", "export", "compare", "tune")
                  if name in args), "train")
 
     def refuse(flag, reason):
@@ -326,8 +323,8 @@ def parse_command_line(argv=None):
         refuse("min_confidence", "only with --predict or --draw")
     if mode != "draw":
         refuse("port", "only with --draw")
-    if mode not in ("predict", "draw", "evaluate"):
-        refuse("model", "only with --predict, --draw or --evaluate")
+    if mode not in ("predict", "draw", "evaluate", "export"):
+        refuse("model", "only with --predict, --draw, --evaluate or --export")
     if mode != "train":
         refuse("resume", "only when training")
     if mode != "tune":
@@ -337,7 +334,7 @@ def parse_command_line(argv=None):
         refuse("tensorboard", "only when training or comparing")
     if mode not in ("train", "tune", "evaluate"):
         refuse("plots", "only when training or evaluating")
-    if mode in ("predict", "draw", "evaluate"):
+    if mode in ("predict", "draw", "evaluate", "export"):
         for flag in ("repeats", "epochs", "hidden", "preset", "patience", "resume", "augment",
                      "deskew", "committee"):
             refuse(flag, f"has no effect with --{mode}")
@@ -388,5 +385,5 @@ def parse_command_line(argv=None):
                    tune=args.get("tune"), tune_minutes=args.get("tune_minutes"),
                    tune_ranges=dict(args.get("tune_range", ())),
                    tune_storage=args.get("tune_storage"), study_name=args.get("study_name"),
-                   given=given)
+                   given=given, export=args.get("export"))
     return mode, config, options

@@ -32,6 +32,9 @@ RUN_FILES = ("model.keras", "metrics.json", "report.html", "history.csv", "confu
              "calibration.png", "robustness.png", "corruptions.png", "samples.png",
              "tuning.csv", "tuning_history.png", "tuning_importance.png", "comparison.csv",
              "comparison.md", "comparison.png", "comparison.json")
+# What describes the model a training run saved: --evaluate's folder and --predict's files.
+# They move to previous/ with that model when a new training run replaces it.
+MODEL_NOTES = ("evaluation", "predictions.csv", "predictions.png", "explain")
 LOCK_NAME = ".digit_classifier.lock"
 HELD_LOCKS = {}  # resolved output directory -> (its open, locked lock file, whether new)
 
@@ -157,12 +160,15 @@ def release_output_dirs(failed):
 
 
 @contextlib.contextmanager
-def staged(output_dir, what="run", names=RUN_FILES, prefix=""):
+def staged(output_dir, what="run", names=None, prefix=""):
     """A staging folder in output_dir for the block to write a run's files into.
 
     Published as one set when the block ends (the previous set moves to previous/, and the
-    log says where), dropped when it raises: the previous set then stays as it was.
+    log says where), dropped when it raises: the previous set then stays as it was. names:
+    the files of a set, RUN_FILES; for a training run (what="run") with MODEL_NOTES too.
     """
+    if names is None:
+        names = RUN_FILES + MODEL_NOTES if what == "run" else RUN_FILES
     stage = staging_dir(output_dir)
     try:
         yield stage

@@ -2,10 +2,12 @@
 
 Every module logs to the "digit_classifier" logger; `configure` (called once by the script)
 sends its messages to standard output, all of them, or with --quiet warnings and errors
-only. Errors that end a run are printed by digitkit/exits.py. Imports nothing heavy.
+only, on streams that `usable_streams` made safe to write to. Errors that end a run are
+printed by digitkit/exits.py. Imports nothing heavy.
 """
 
 import logging
+import os
 import sys
 
 LOGGER = "digit_classifier"
@@ -20,6 +22,17 @@ class ToStandardOutput(logging.Handler):
             print(self.format(record), file=sys.stdout, flush=True)
         except Exception:  # noqa: BLE001  logging's own rule: a message never ends the run
             self.handleError(record)
+
+
+def usable_streams():
+    """stdout and stderr that cannot fail a run: closed (`>&-`), they write nowhere; ASCII-only,
+    they escape what they cannot show."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+        elif hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def configure(quiet=False):

@@ -19,6 +19,10 @@ from digitkit.errors import RunError
 from digitkit.files import write_atomically
 
 METADATA_NAME = "digit_classifier.json"  # our entry in the model.keras zip; Keras ignores it
+# What the model takes: MNIST's own format, which --predict turns any photo into (ink.py).
+INPUT_FORMAT = dict(shape=list(IMAGE_SHAPE), dtype="float32", scale="0-1 (pixel / 255)",
+                    polarity="white ink on black", layout="MNIST: the digit fitted to 20x20, "
+                    "centred by its centre of mass in 28x28")
 
 
 def committee(members):
@@ -116,7 +120,7 @@ def save_model(model, path, dataset):
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_NAME, json.dumps(dict(
                 dataset=dataset, classes=list(DATASETS[dataset]["classes"]),
-                architecture=architecture(model))))
+                architecture=architecture(model), input=INPUT_FORMAT)))
 
     return write_atomically(path, write)
 

@@ -21,11 +21,8 @@ import numpy as np
 from digitkit import images, ink
 from digitkit.config import DATASETS, IMAGE_SHAPE, MIN_CONFIDENCE
 from digitkit.metrics import answer
-from digitkit.networks import saved_dataset
+from digitkit.networks import INPUT_FORMAT, saved_dataset  # noqa: F401 (INPUT_FORMAT: the API)
 
-INPUT_FORMAT = dict(shape=list(IMAGE_SHAPE), dtype="float32", scale="0-1 (pixel / 255)",
-                    polarity="white ink on black", layout="MNIST: the digit fitted to 20x20, "
-                    "centred by its centre of mass in 28x28")
 
 
 class DigitReader:

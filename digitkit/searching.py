@@ -92,6 +92,10 @@ class Searching:
 
     def __enter__(self):
         """Queue again what a killed search left running, and say where the study stands."""
+        # Optuna's warnings about itself while it samples ("Some regimes for parameter width_3
+        # have less than 2 trials", experimental features): nothing a user can act on.
+        self.quiet = quiet_experimental()
+        self.quiet.__enter__()
         search = self.search
         if search["embedded"]:
             retry_unfinished(search["study"])
@@ -112,6 +116,7 @@ class Searching:
             retry_unfinished(study, search["current"])
             search["interrupted"] = True
         elif exc_type is not None:
+            self.quiet.__exit__(None, None, None)
             return False
         if not search["embedded"] and not search.get("interrupted"):
             search["interrupted"] = not settle(study, self.signals)
@@ -121,6 +126,7 @@ class Searching:
                  f"{states.count(TrialState.PRUNED)} pruned, {states.count(TrialState.FAIL)} "
                  f"failed or stopped, of {search['trials']} asked for, in "
                  f"{search['seconds']:.0f} s")
+        self.quiet.__exit__(None, None, None)
         return True
 
 

@@ -48,7 +48,9 @@ PINNED_BY = {"layers": "hidden", "width": "hidden", "dropout": "dropout",
              "learning_rate": "learning_rate", "batch_size": "batch_size", "epochs": "epochs",
              "augment_strength": "augment_strength"}
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what happens
+# This program says how each trial ended (searching.Trial); Optuna's own warnings repeat it,
+# with a traceback for a trial a Ctrl-C stopped. Its errors still show.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -163,7 +165,9 @@ def open_study(config, options, output_dir):
         raise RunError(f"--tune-storage {shown}: cannot open the study "
                        f"({one_line(cause)})") from None
     wanted, stored = search_settings(config, space), study.user_attrs.get("search")
-    if stored is None:
+    if stored is None or (stored != wanted and not study.get_trials(deepcopy=False)):
+        # A study without a trial (a search that failed before its first) holds nothing to
+        # protect: it searches what this command asks for.
         study.set_user_attr("search", wanted)
     elif stored != wanted:
         differ = sorted({*(key for key in {*stored["space"], *wanted["space"]}

@@ -123,3 +123,14 @@ def test_overhead_benchmark_splits_each_run_into_training_and_the_rest(synthetic
     assert outside == pytest.approx(wall - training, abs=0.11)  # printed to 0.1 s
     assert "robustness" in run and "report" in run
     assert "seed5: wall" in result.stdout and "of training" in result.stdout
+
+
+@pytest.mark.slow
+def test_export_benchmark_times_every_runtime(trained_synthetic):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "export.py"), "--model",
+                             str(trained_synthetic[0] / "model.keras"), "--calls", "3"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"onnx", "litert", "savedmodel", "keras"}
+    assert all(len(values) == 3 and float(values[0]) > 0 for values in rows.values())

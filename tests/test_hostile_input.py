@@ -154,6 +154,34 @@ def test_training_again_moves_the_finished_run_aside_whole(trained_synthetic, sy
         assert f"the previous run's files are now in {previous}" in result.stdout
 
 
+@pytest.mark.slow
+def test_what_describes_a_model_moves_aside_with_it_when_training_replaces_it(
+        trained_synthetic, synthetic_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_synthetic[0], run)
+    evaluated = run_main("--evaluate", "--model", run / "model.keras", "--output-dir", run,
+                         "--data-dir", synthetic_dir, "--no-plots")
+    assert evaluated.returncode == 0, evaluated.stderr
+    photo = tmp_path / "seven.png"
+    Image.fromarray(np.pad(np.full((40, 8), 255, np.uint8), 20)).save(photo)
+    predicted = run_main("--predict", photo, "--model", run / "model.keras", "--output-dir", run)
+    assert predicted.returncode == 0, predicted.stderr
+    old_accuracy = json.loads((run / "evaluation" / "metrics.json").read_text())["test_accuracy"]
+    trained = run_main("--data-dir", synthetic_dir, "--output-dir", run, *FAST, "--seed", "7",
+                       "--no-plots", "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    # The old model's evaluation and predictions went to previous/ with it: nothing beside the
+    # new model describes the old one.
+    assert not (run / "evaluation").exists()
+    assert not (run / "predictions.csv").exists() and not (run / "predictions.png").exists()
+    (previous,) = (run / "previous").iterdir()
+    assert (previous / "model.keras").is_file() and (previous / "predictions.csv").is_file()
+    moved = json.loads((previous / "evaluation" / "metrics.json").read_text())
+    assert moved["test_accuracy"] == old_accuracy
+
+
 # --- the output folder's lock ----------------------------------------------------------------
 
 def test_a_lock_file_planted_as_a_link_is_not_followed(tmp_path, synthetic_dir):

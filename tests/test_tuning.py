@@ -118,7 +118,12 @@ def test_a_study_made_with_other_settings_is_refused_and_kept(synthetic_dir, tmp
 @pytest.mark.parametrize("flags, status, message", [
     (["--tune", "0"], 2, "expected an integer of at least 1"),
     (["--tune-minutes", "5"], 2, "only with --tune"),
-    (["--tune", "2", "--tune-range", "width=8:64"], 2, "32 <= LOW <= HIGH <= 1024"),
+    (["--tune", "2", "--tune-range", "width=0:64"], 2,
+     "width=LOW:HIGH: expected an integer of at least 1, got '0'"),
+    (["--tune", "2", "--tune-range", "dropout=0.2:1"], 2,
+     "dropout=LOW:HIGH: expected a number in [0, 1), got '1'"),
+    (["--tune", "2", "--tune-range", "epochs=3:2"], 2, "with LOW <= HIGH, got 'epochs=3:2'"),
+    (["--tune", "2", "--tune-range", "epochs=1"], 2, "with LOW <= HIGH, got 'epochs=1'"),
     (["--tune", "2", "--tune-range", "batch_size=33:60"], 2, "no power of two"),
     (["--tune", "2", "--hidden", "32", "--tune-range", "width=32:64"], 2, "not searched"),
     (["--tune", "2", "--validation-split", "0"], 2, "scored on the validation split"),
@@ -213,8 +218,9 @@ def test_only_a_stopped_trial_that_had_chosen_its_settings_is_queued_again():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_the_search_and_queues_the_stopped_trial_to_run_again(
-        synthetic_dir, tmp_path):
+        synthetic_dir, tmp_path, stop):
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir), "--output-dir", str(out),
@@ -225,10 +231,12 @@ def test_ctrl_c_stops_the_search_and_queues_the_stopped_trial_to_run_again(
         if (out / "tuning.db").exists() and 0 in trials_training(out / "tuning.db"):
             break
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "run the same command again to continue (0 of 3 done)" in stderr
+    # What the user is told, and nothing of Optuna's own logging ("[W ...] Trial 0 failed").
+    assert "Traceback" not in stderr and "Trial 0 failed" not in stderr, stderr
     assert study_states(out / "tuning.db") == [(0, "FAIL"), (1, "WAITING")]
     assert not (out / "metrics.json").exists()
 
@@ -356,3 +364,32 @@ def test_two_workers_started_together_on_one_sqlite_file_share_its_study(synthet
     assert 4 <= len(done) <= 5, [t.state for t in study.trials]
     params = [tuple(sorted(t.params.items())) for t in done]
     assert len(set(params)) == len(params)
+
+
+def test_a_tune_range_may_widen_the_default_search_within_what_the_flags_accept(tmp_path):
+    from digitkit import cli, tuning
+
+    mode, config, options = cli.parse_command_line(
+        ["--output-dir", str(tmp_path), "--tune", "3", "--tune-range", "epochs=1:2",
+         "--tune-range", "width=16:2048", "--tune-range", "layers=0:5"])
+    assert mode == "tune"
+    space = tuning.search_space(config, options["given"], options["tune_ranges"])
+    assert space["epochs"] == [1, 2] and space["width"] == [16, 2048]  # wider than 5-40, 32-1024
+    assert space["layers"] == [0, 5] and space["dropout"] == [0.0, 0.5]  # the rest as before
+
+
+def test_a_search_that_failed_before_its_first_trial_does_not_block_the_corrected_command(
+        synthetic_dir, tmp_path, monkeypatch):
+    import digit_classifier
+
+    out = tmp_path / "out"
+    failed = run_main("--data-dir", tmp_path / "no-such-folder", "--output-dir", out,
+                      "--tune", "2", *TINY)
+    assert failed.returncode == 1 and (out / "tuning.db").exists()  # the study, still empty
+    with monkeypatch.context() as patched:  # the search alone, not the run after it
+        patched.setattr(digit_classifier, "run_training", lambda best, search: 0)
+        corrected = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2",
+                             *TINY, "--dropout", "0.1")
+    assert corrected.returncode == 0, corrected.stderr
+    assert "searches other settings" not in corrected.stderr
+    assert study_states(out / "tuning.db") == [(0, "COMPLETE"), (1, "COMPLETE")]

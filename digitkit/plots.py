@@ -1,17 +1,20 @@
 """Plots: every picture of a run, each drawn on its own figure, saved whole, and closed.
 
 Each function takes arrays and a path and returns the path; the confusion-matrix heatmap is
-Seaborn's. Imports Matplotlib (on its file-only Agg backend) and Seaborn at its top: import
-this module only when a run has pictures to draw.
+Seaborn's. Imports Matplotlib (on its file-only Agg backend, except in a notebook, which
+keeps its inline one) and Seaborn at its top: import this module only when a run has
+pictures to draw.
 """
 
 import math
+import sys
 import textwrap
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only: no window, no display needed
+if "ipykernel" not in sys.modules:  # a notebook keeps its own inline backend
+    matplotlib.use("Agg")  # files only: no window, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -26,7 +26,11 @@ def read_image(path):
     if not path.exists():
         raise ImageError("no such file")
     if path.is_dir():
-        raise ImageError("is a folder, not an image" if visible_entries(path)
+        try:
+            entries = visible_entries(path)
+        except OSError as err:  # listed, but not searchable (no execute permission), or not
+            raise ImageError(f"a folder that cannot be read ({err.strerror})") from None
+        raise ImageError("is a folder, not an image" if entries
                          else "is a folder with no files in it")
     if not path.is_file():  # a FIFO would block, a device never ends
         raise ImageError("not a regular file")

@@ -6,10 +6,17 @@ Imports nothing heavy: --evaluate reads a saved model's record before TensorFlow
 """
 
 import base64
+import datetime
 import html
 import json
+import os
+import platform
+import re
 import shlex
+import shutil
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +63,54 @@ def build_record(config, dataset_info, scores=None, *, training=None, model_path
         record["model"] = str(Path(model_path).resolve())
     record.update({key: value for key, value in sections.items() if value is not None})
     versions, device = backend.environment()
-    record.update(timing=timing or {}, versions=versions, device=device)
+    record.update(timing=timing or {}, versions=versions, device=device, run=provenance())
     return record
+
+
+def provenance():
+    """When and how the run was made: the date and time its record was built, the command as
+    typed, the git commit of the checkout it ran from (and whether it had local changes),
+    and the host's CPU."""
+    # A database URL's password (--tune-storage) is never written down.
+    command = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", shlex.join(["python", *sys.argv]))
+    return dict(recorded_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                command=command, git=git_commit(), cpu=cpu_name())
+
+
+def git_commit():
+    """{"commit", "local_changes"} of the checkout this package lives in; None outside one."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], timeout=10,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                  "--untracked-files=no"], timeout=10, capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return dict(commit=commit, local_changes=bool(changes))
+
+
+def git_text(git):
+    """A git record as one line for the page."""
+    if not git:
+        return "not run from a git checkout"
+    return git["commit"] + (" with local changes" if git["local_changes"] else "")
+
+
+def cpu_name():
+    """The host's CPU model, as the operating system names it, and its core count."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def run_record(config, dataset_info, result, **sections):
@@ -134,10 +187,10 @@ def write_html_report(path, record, images):
         data = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
         return f'<img alt="{html.escape(Path(image_path).stem)}" src="data:image/png;base64,{data}">'
 
-    def key_values(values):
-        """A two-column table of a flat dict."""
-        return html_table(("setting", "value"), [(html.escape(str(k)), html.escape(str(v)))
-                                                 for k, v in values.items()])
+    def key_values(values, header=("setting", "value")):
+        """A two-column table of a flat dict, under its own column headings."""
+        return html_table(header, [(html.escape(str(k)), html.escape(str(v)))
+                                   for k, v in values.items()])
 
     dataset = record["dataset"]
     sections = ["<table class=\"headline\">" + "".join(
@@ -180,9 +233,12 @@ def write_html_report(path, record, images):
         f"<figure>{embed(p)}<figcaption>{html.escape(Path(p).name)}</figcaption></figure>"
         for p in images) or "<p>None drawn (--no-plots).</p>"))
     sections.append("<h2>Settings</h2>" + key_values(record["config"]))
+    if record.get("run"):
+        run = dict(record["run"], git=git_text(record["run"].get("git")))
+        sections.append("<h2>The run</h2>" + key_values(run, ("what", "")))
     if record.get("timing"):
-        sections.append("<h2>Timings (seconds)</h2>" + key_values(record["timing"]))
-    sections.append("<h2>Versions</h2>" + key_values(record["versions"]))
+        sections.append("<h2>Timings</h2>" + key_values(record["timing"], ("stage", "seconds")))
+    sections.append("<h2>Versions</h2>" + key_values(record["versions"], ("package", "version")))
     status = " (interrupted)" if record["interrupted"] else ""
     return write_text(path, PAGE.substitute(title=html.escape(dataset["title"]), status=status,
                                             sections="".join(sections)))

@@ -48,6 +48,11 @@ def load_saved_model(path, config):
     returns it with the dataset it was trained on."""
     path = Path(path)
     require_model_file(path, config)
+    try:  # a file this user may not read: said so, not "file not found" from Keras
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise RunError(f"{path}: the saved model cannot be read ({err.strerror})") from None
     try:
         model = keras.models.load_model(path)
     except Exception as err:  # Keras raises many types for files that are not its models
@@ -131,24 +136,30 @@ def spreadsheet_safe(text):
 
 
 def image_sources(paths, own=()):
-    """(path, named) for each file named and for each file in each folder named;
-    named is False for a folder's files. The files in `own` (this run's outputs) are left
-    out of folders, so a rerun does not classify its own predictions.png."""
+    """(path, named, why it cannot be read or None) for each file named and for each file in
+    each folder named; named is False for a folder's files. The files in `own` (this run's
+    outputs) are left out of folders, so a rerun does not classify its own predictions.png."""
     own = {Path(path).resolve() for path in own}
     for path in map(Path, paths):
-        entries = ([entry for entry in visible_entries(path) if entry.resolve() not in own]
-                   if path.is_dir() else [])
+        try:
+            entries = ([entry for entry in visible_entries(path) if entry.resolve() not in own]
+                       if path.is_dir() else [])
+        except OSError as err:  # a folder this user may not list, or not search
+            yield path, True, f"a folder that cannot be read ({err.strerror})"
+            continue
         if entries:
-            yield from ((entry, False) for entry in entries)
+            yield from ((entry, False, None) for entry in entries)
         else:  # a file, or a folder with nothing in it (reported as an error)
-            yield path, True
+            yield path, True, None
 
 
 def readings(sources, problems, single):
     """(path, ink.Reading) for each source that is an image; the others are reported on
     stderr (an error for a file named, "skipped" for a folder's) and listed in problems."""
-    for path, named in sources:
+    for path, named, unreadable in sources:
         try:
+            if unreadable:
+                raise ImageError(unreadable)
             yield path, ink.read(read_image(path), single=single)
         except ImageError as err:
             print(f"{'error' if named else 'skipped'}: {shown_path(path)}: {err}",
@@ -249,6 +260,15 @@ def offer_digits(shown, name, reading, result):
                     result["unsure"])
 
 
+def to_stdout(line):
+    """Print one answer, at once; a standard output that cannot take it (a full disk,
+    /dev/full) is a RunError that names it, not the CSV being written meanwhile."""
+    try:
+        print(line, flush=True)
+    except OSError as err:
+        raise RunError(f"standard output: {err.strerror or err}") from None
+
+
 def run_prediction(config, options, output_dir):
     """Classify image files and folders of them (options["images"]) with a saved model
     (options["model"]): a line each on stdout (or JSON, options["json"]), every answer in
@@ -281,9 +301,9 @@ def run_prediction(config, options, output_dir):
                 text = shown_path(path)
                 writer.writerow(csv_row(text, result))
                 if as_json:
-                    print(json.dumps(dict(file=text, **result)))
+                    to_stdout(json.dumps(dict(file=text, **result)))
                 elif not config.quiet:
-                    print(f"{text}: {answer_line(result)}")
+                    to_stdout(f"{text}: {answer_line(result)}")
                 offer_digits(shown, shown_path(path.name), reading, result)
                 if explain and len(explained) < EXPLAINED_MAX:
                     name = f"{safe_stem(path)}.png"

@@ -140,6 +140,7 @@ def test_offline_without_cache_names_data_dir(tmp_path):
     assert "## Offline use" in (ROOT / "docs" / "data.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_data_dir_variable_is_the_flags_default_and_the_flag_wins(tmp_path, synthetic_dir,
                                                                       monkeypatch):
     monkeypatch.setenv("DIGIT_CLASSIFIER_DATA_DIR", str(synthetic_dir))

@@ -476,6 +476,7 @@ def test_draw_puts_back_the_signal_handlers_it_installed(trained_synthetic, caps
     assert capsys.readouterr().out.startswith("draw a digit at http://127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_a_tap_leaves_a_dot_that_is_classified(browser, synthetic_model):
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.by import By

@@ -56,6 +56,7 @@ def test_normalised_confusion_matrix_leaves_cells_no_image_reached_blank(monkeyp
     assert sum(text == "" for text in texts) == 100 - 11  # ten diagonal cells and one mistake
 
 
+@pytest.mark.slow
 def test_a_class_with_no_test_images_is_not_ranked_by_recall(tmp_path):
     from helpers import synthetic_digits, write_idx
 

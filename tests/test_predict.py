@@ -131,6 +131,38 @@ def test_bad_images_are_reported_and_the_rest_classified(tmp_path, model_path, m
     assert drawn["captions"][0].startswith(f"good.png\n{prediction} (")
 
 
+@pytest.mark.parametrize("denied", ["listing", "searching"])
+def test_a_folder_named_that_cannot_be_read_is_one_error_and_the_rest_classified(
+        tmp_path, model_path, monkeypatch, denied):
+    from pathlib import Path
+
+    images = []
+    for number in (0, 2):
+        images.append(tmp_path / f"ok{number}.png")
+        Image.fromarray(np.uint8(np.pad(np.full((12, 4), 255), 8))).save(images[-1])
+    locked = tmp_path / "sub_nox"
+    locked.mkdir()
+    Image.fromarray(np.uint8(np.pad(np.full((12, 4), 255), 8))).save(locked / "inside.png")
+    # What a folder without read (listing) or execute (searching) permission does to a user
+    # who is not root, whatever user runs the test.
+    original = Path.iterdir if denied == "listing" else Path.resolve
+
+    def refused(self, *args):
+        if self == locked or self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return original(self, *args)
+
+    monkeypatch.setattr(Path, "iterdir" if denied == "listing" else "resolve", refused)
+    result = run_main("--predict", images[0], locked, images[1], "--model", model_path,
+                      "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {locked}: a folder that cannot be read "
+                                     f"(Permission denied)"), result.stderr
+    assert "predictions.csv" not in result.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert [row["file"] for row in rows] == [str(images[0]), str(images[1])]
+
+
 def test_json_lines_carry_prediction_and_two_candidates(tmp_path, model_path):
     image = tmp_path / "one.png"
     Image.fromarray(np.uint8(np.pad(np.full((3, 20), 255), 4))).save(image)
@@ -253,3 +285,38 @@ def test_the_picture_shows_a_bounded_subset_unsure_first():
         few.offer(np.zeros((28, 28), np.float32), f"image {i}", unsure=i == 1)
     assert few.chosen()[1:] == (["image 0", "image 1", "image 2"],
                                 ["black", "tab:red", "black"], "")
+
+
+@pytest.mark.slow
+def test_a_full_standard_output_is_named_not_the_csv(tmp_path, model_path):
+    from helpers import SCRIPT, cli_environment
+    import subprocess
+    import sys
+
+    image = tmp_path / "one.png"
+    Image.fromarray(np.uint8(np.pad(np.full((12, 4), 255), 8))).save(image)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(SCRIPT), "--predict", str(image), "--model",
+                                 str(model_path), "--output-dir", str(tmp_path / "out")],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+                                env=cli_environment())
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: standard output: No space left on device"
+
+
+def test_a_model_that_cannot_be_read_says_so_and_does_not_advise_training(tmp_path, model_path,
+                                                                           monkeypatch):
+    real_open = open
+
+    def refusing(path, *args, **kwargs):
+        if str(path) == str(model_path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(saved, "open", refusing, raising=False)  # as for a user not root
+    image = tmp_path / "one.png"
+    Image.fromarray(np.uint8(np.pad(np.full((12, 4), 255), 8))).save(image)
+    result = run_main("--predict", image, "--model", model_path, "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {model_path}: the saved model cannot be read "
+                                     f"(Permission denied)")

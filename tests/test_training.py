@@ -179,6 +179,7 @@ def test_saved_model_loads_and_predicts_probabilities(trained_synthetic):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_training_accuracy(trained_synthetic, synthetic_dir, tmp_path):
     out, _ = trained_synthetic
     result = run_main("--evaluate", "--model", out / "model.keras", "--data-dir", synthetic_dir,
@@ -593,3 +594,35 @@ def test_pipeline_runs_in_process_on_small_arrays_and_its_record_is_plain_json()
     assert record["test_accuracy"] == scores["test_accuracy"] and record["epochs_completed"] == 3
     assert json.loads(json.dumps(record)) == record  # plain values only
 
+
+
+def test_the_record_says_when_how_and_where_the_run_was_made(trained_synthetic):
+    import datetime
+
+    out, _ = trained_synthetic
+    record = json.loads((out / "metrics.json").read_text())
+    run = record["run"]
+    recorded = datetime.datetime.fromisoformat(run["recorded_at"])
+    assert recorded.tzinfo is not None
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - recorded) < datetime.timedelta(days=1)
+    assert "digit_classifier.py --data-dir" in run["command"] and "--epochs" in run["command"]
+    git = subprocess.run(["git", "-C", str(Path(dc.__file__).parent), "rev-parse", "HEAD"],
+                         capture_output=True, text=True)
+    if git.returncode == 0:  # a checkout (CI's clean clone is one)
+        assert run["git"]["commit"] == git.stdout.strip()
+        assert isinstance(run["git"]["local_changes"], bool)
+    assert run["cpu"].endswith(" cores") and len(run["cpu"]) > len(" cores")
+    assert record["error_rate"] == round(record["error_rate"], 6)  # k/N, not 1 - k/N
+    page = (out / "report.html").read_text()
+    assert "<h2>The run</h2>" in page and html.escape(run["command"]) in page
+    assert "<h2>Timings</h2><table><tr><th>stage</th><th>seconds</th>" in page
+    assert "<h2>Versions</h2><table><tr><th>package</th><th>version</th>" in page
+
+
+def test_the_recorded_command_never_holds_a_database_password(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["digit_classifier.py", "--tune", "5", "--tune-storage",
+                                      "postgresql://tuner:hunter2@dbhost:5432/db"])
+    command = report.provenance()["command"]
+    assert "hunter2" not in command
+    assert command == ("python digit_classifier.py --tune 5 --tune-storage "
+                       "postgresql://tuner:***@dbhost:5432/db")

@@ -328,6 +328,7 @@ print("opened")
 """
 
 
+@pytest.mark.slow
 def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
     from helpers import ROOT
 
@@ -378,6 +379,7 @@ def test_a_tune_range_may_widen_the_default_search_within_what_the_flags_accept(
     assert space["layers"] == [0, 5] and space["dropout"] == [0.0, 0.5]  # the rest as before
 
 
+@pytest.mark.slow
 def test_a_search_that_failed_before_its_first_trial_does_not_block_the_corrected_command(
         synthetic_dir, tmp_path, monkeypatch):
     import digit_classifier

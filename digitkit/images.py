@@ -5,6 +5,7 @@ that contrasts with the ink; digitkit/ink.py then finds the digits in it. Shared
 --predict, --draw and the Python API (digitkit/reader.py).
 """
 
+import math
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from digitkit.ink import BlankImageError, ImageError  # noqa: F401 (the errors c
 # Larger images are refused before they are decoded, by --predict and --draw alike: room for
 # a phone's 12-50 MP photo of a digit, none for a decompression bomb.
 IMAGE_MAX_PIXELS = 50_000_000
+# A larger image is decoded at a whole fraction of its size, no side above this (JPEG by its
+# own reduced decoding, others by averaging blocks): the ink steps shrink any photo to 1,024
+# pixels anyway (ink.WORK_SIDE), and a 50-megapixel photo decoded whole to floats takes more
+# memory than a capped process may have. A 12-megapixel phone photo is decoded whole.
+DECODE_SIDE = 4096
 
 
 def read_image(path):
@@ -42,7 +48,7 @@ def read_image(path):
 def decode_image(source, max_pixels=IMAGE_MAX_PIXELS):
     """Decode an image (a path or a binary file object) to floats in 0-1, grey (H x W) or,
     where it has colour, RGB (H x W x 3); one with more than max_pixels is refused from its
-    header, before it is decoded."""
+    header, before it is decoded, and a large one is decoded smaller (DECODE_SIDE)."""
     try:
         with warnings.catch_warnings():
             # Pillow warns, in two lines, above 89 million pixels; the check below speaks.
@@ -52,17 +58,25 @@ def decode_image(source, max_pixels=IMAGE_MAX_PIXELS):
             if opened.width * opened.height > max_pixels:
                 raise ImageError(f"image is {opened.width:,}x{opened.height:,} pixels, more "
                                  f"than the {max_pixels:,} allowed")
+            factor = math.ceil(max(opened.size) / DECODE_SIDE)
+            if factor > 1:
+                opened.draft(opened.mode, (opened.width // factor, opened.height // factor))
             image = ImageOps.exif_transpose(opened)
             image.load()
+            factor = math.ceil(max(image.size) / DECODE_SIDE)
+            if factor > 1:
+                image = image.reduce(factor)
+        if "A" in image.getbands() or "transparency" in image.info:
+            image = flatten_transparency(image.convert("RGBA"))
+        grey = image.mode in ("1", "L", "I", "I;16", "F") or (image.mode == "P" and all(
+            r == g == b for r, g, b in zip(*[iter(image.getpalette() or [])] * 3)))
+        return np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255
+    except MemoryError:
+        raise ImageError("too large to decode in the memory this process may use") from None
     except UnidentifiedImageError:
         raise ImageError("not an image file Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"unreadable image ({err})") from None
-    if "A" in image.getbands() or "transparency" in image.info:
-        image = flatten_transparency(image.convert("RGBA"))
-    grey = image.mode in ("1", "L", "I", "I;16", "F") or (image.mode == "P" and all(
-        r == g == b for r, g, b in zip(*[iter(image.getpalette() or [])] * 3)))
-    return np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255
 
 
 def flatten_transparency(rgba):

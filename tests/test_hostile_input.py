@@ -356,3 +356,44 @@ def test_a_record_with_a_data_dir_of_another_type_is_not_taken_for_the_data(tmp_
     record["config"]["data_dir"], record["dataset"]["source"] = "somewhere", 5
     (tmp_path / "metrics.json").write_text(json.dumps(record))
     assert recorded_data(tmp_path / "model.keras") is None
+
+
+def test_a_huge_photo_is_decoded_small_enough_for_a_capped_process(tmp_path):
+    from digitkit import images
+
+    photo = Image.new("L", (7000, 7000), 255)  # 49 megapixels, under the 50 allowed
+    photo.paste(0, (3300, 2500, 3700, 4500))  # a thick dark stroke: a 1
+    for name in ("big.jpg", "big.png"):
+        photo.save(tmp_path / name)
+        pixels = images.read_image(tmp_path / name)
+        # Decoded at a fraction (JPEG: an eighth or a quarter; PNG: blocks averaged), not as
+        # 49 million floats (196 MB, grey; 588 MB in colour) ...
+        assert max(pixels.shape) <= images.DECODE_SIDE, (name, pixels.shape)
+        # ... and the digit is still where it was.
+        rows = np.flatnonzero(pixels.min(axis=1) < 0.5)
+        assert abs(rows.mean() / pixels.shape[0] - 3500 / 7000) < 0.02
+
+
+def test_an_image_that_does_not_fit_in_memory_is_skipped_and_the_rest_classified(
+        tmp_path, trained_synthetic, monkeypatch):
+    from digitkit import images
+
+    small = tmp_path / "small.png"
+    Image.fromarray(np.uint8(np.pad(np.full((12, 4), 255), 8))).save(small)
+    big = tmp_path / "big.png"
+    Image.new("L", (3000, 3000), 0).save(big)
+    real_exif_transpose = images.ImageOps.exif_transpose
+
+    def out_of_memory(image, *args, **kwargs):
+        """What a 7000x7000 photo did under `prlimit --as=2GiB`."""
+        if image.width == 3000:
+            raise MemoryError
+        return real_exif_transpose(image, *args, **kwargs)
+
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", out_of_memory)
+    result = run_main("--predict", big, small, "--model", trained_synthetic[0] / "model.keras",
+                      "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {big}: too large to decode in the memory this "
+                                     f"process may use")
+    assert f"{small}: " in result.stdout and (tmp_path / "out" / "predictions.csv").exists()

@@ -4,7 +4,6 @@ It is committed without outputs (a diff then shows only what changed in the reci
 stale figure can contradict the code); this test is what keeps it from rotting.
 """
 
-
 from helpers import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"

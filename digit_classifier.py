@@ -115,16 +115,16 @@ def train_and_evaluate(config, data, signals, folder=None, start=None, callbacks
         return dict(model=model, training=trained)
 
     with timed(trained["timing"], "evaluate_seconds"):
-        final = networks.for_inference(model)  # no distortion; a committee's answers averaged
-        final, calibrated = calibration.calibrate(final, data)  # a temperature, fitted
-        final.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        test_loss, test_accuracy = final.evaluate(data["x_test"], data["y_test"],
+        model = networks.for_inference(model)  # no distortion; a committee's answers averaged
+        model, calibrated = calibration.calibrate(model, data)  # a temperature, fitted
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        test_loss, test_accuracy = model.evaluate(data["x_test"], data["y_test"],
                                                   batch_size=EVAL_BATCH_SIZE, verbose=0)
-        probabilities = final.predict(data["x_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
+        probabilities = model.predict(data["x_test"], batch_size=EVAL_BATCH_SIZE, verbose=0)
     scores = metrics.score(probabilities, data["y_test"], test_loss, test_accuracy)
-    return dict(final=final, training=trained, scores=scores, calibration=calibrated,
-                members=networks.member_accuracies(final, data["x_test"], data["y_test"]),
-                architecture=networks.architecture(final), parameters=final.count_params())
+    return dict(final=model, training=trained, scores=scores, calibration=calibrated,
+                members=networks.member_accuracies(model, data["x_test"], data["y_test"]),
+                architecture=networks.architecture(model), parameters=model.count_params())
 
 
 def save_reports(stage, config, data, result, timing):

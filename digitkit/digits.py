@@ -20,6 +20,8 @@ PAGE_CONTACT = 0.12  # ink along this share of the image's rim is the page's, no
 SPECK = 0.03  # a component with less ink than this share of the largest is a speck
 TOO_WIDE = 1.3  # one digit is rarely wider than this many times its height
 MNIST_STROKE = 0.12  # MNIST's strokes are about this share of the digit's longer side
+THIN_STROKE = 0.6  # strokes thinner than this many times MNIST's are thickened (pencil)...
+THICK_STROKE = 1.6  # ...thicker than this, also read thinned (a marker, an 8x8 scan)
 
 
 def stroke_width(mask):
@@ -144,10 +146,16 @@ def on_one_line(groups, boxes):
     return kept
 
 
-def mnist_image(contrast, group_mask, box):
+def mnist_images(contrast, group_mask, box):
     """One digit as MNIST's: its ink (strokes saturated, the paper zero), thickened to MNIST's
     stroke width if it is thinner (pencil), its box fitted to 20x20 keeping the aspect ratio,
-    anti-aliased, and centred by its centre of mass in 28x28."""
+    anti-aliased, and centred by its centre of mass in 28x28.
+
+    Returns the views of the digit the model reads (their probabilities are averaged): the
+    ink as it is, and, for strokes far thicker than MNIST's (a marker, a coarse 8x8 scan), the
+    ink thinned to MNIST's width as well. Thinning alone opens a 1's flag into a clean stroke
+    but can break an 8's or a 9's narrow waist; the two views together read both.
+    """
     x, y, w, h = box
     margin = max(2, round(0.05 * max(w, h)))
     y0, y1 = max(0, y - margin), min(contrast.shape[0], y + h + margin)
@@ -159,13 +167,26 @@ def mnist_image(contrast, group_mask, box):
     ink = np.clip(crop / max(strong, 1e-3), 0, 1) * near
     target = MNIST_STROKE * max(w, h)
     width = stroke_width(mask)
-    if width < 0.6 * target:  # a thin pencil line would vanish at 20x20
+    if width < THIN_STROKE * target:  # a thin pencil line would vanish at 20x20
         radius = max(1, round((0.8 * target - width) / 2))
-        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        ink = cv2.dilate(ink.astype(np.float32), disk)
+        ink = cv2.dilate(ink.astype(np.float32), disk(radius))
+    views = [ink]
+    if width > THICK_STROKE * target:
+        cores = cv2.erode(np.uint8(mask), disk(max(1, round((width - target) / 2))))
+        if cores.any():
+            views.append(ink * (cv2.dilate(cores, np.ones((3, 3), np.uint8)) > 0))
+    return [centred(trimmed(view)) for view in views]
+
+
+def disk(radius):
+    """A round structuring element of the given radius."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def trimmed(ink):
+    """The ink cropped to the rows and columns that hold any."""
     rows, cols = np.flatnonzero(ink.max(axis=1) > 0.05), np.flatnonzero(ink.max(axis=0) > 0.05)
-    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return centred(ink)
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
 def centred(ink):

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from digitkit import backend
+from digitkit import backend, ink
 from digitkit.config import DATASETS
 from digitkit.errors import RunError
-from digitkit.images import BlankImageError, ImageError, decode_image, to_mnist_format
+from digitkit.images import BlankImageError, ImageError, decode_image
 from digitkit.metrics import answer
 from digitkit.messages import LOGGER
 from digitkit.report import saved_record
@@ -66,19 +66,19 @@ def drawing_classifier(model, class_names, min_confidence):
         """The model's answer, with the 28x28 image it saw; blank drawings and non-images
         get a 4xx and say why."""
         try:
-            image = to_mnist_format(decode_image(io.BytesIO(body)))
+            digit = ink.read(decode_image(io.BytesIO(body)), single=True).digits[0]
         except BlankImageError as err:
             return 422, dict(blank=True, error=f"blank drawing: {err}")
         except ImageError as err:
             return 415, dict(blank=False, error=str(err))
         with lock:
-            probabilities = np.asarray(model.predict_on_batch(image[None]))[0]
+            probabilities = ink.digit_probabilities(model.predict_on_batch, [digit])[0]
         result = answer(probabilities, class_names, min_confidence)
         return 200, dict(
             blank=False, **result, min_confidence=min_confidence,
             top=[dict(label=result["prediction"], probability=result["probability"]),
                  *result["candidates"]],
-            pixels=np.round(image * 255).astype(int).ravel().tolist())
+            pixels=np.round(digit.image * 255).astype(int).ravel().tolist())
 
     return classify_drawing
 

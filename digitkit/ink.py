@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from digitkit.digits import digit_groups, mnist_image
+from digitkit.digits import digit_groups, mnist_images
 
 WORK_SIDE = 1024  # a larger photo is shrunk to this longer side first (averaging its pixels)
 SMALL_SIDE = 160  # a smaller image (a 28x28 file, an 8x8 scan) is enlarged to this first
@@ -36,11 +36,18 @@ class BlankImageError(ImageError):
 @dataclass
 class Digit:
     """One digit found: its 28x28 MNIST image, its box in the working image (x, y, w, h),
-    and why its segmentation is doubtful (None when it is not)."""
+    why its segmentation is doubtful (None when it is not), and further views of it that
+    the model reads too (the ink thinned, for strokes far thicker than MNIST's)."""
 
     image: np.ndarray
     box: tuple
     doubtful: str = None
+    more_views: list = field(default_factory=list)
+
+    @property
+    def views(self):
+        """Every 28x28 view of the digit, its image first."""
+        return [self.image, *self.more_views]
 
 
 @dataclass
@@ -80,8 +87,21 @@ def read(pixels, single=False):
     steps["mask"] = mask
     digits = []
     for group_mask, box, doubtful in groups:
-        digits.append(Digit(mnist_image(contrast, group_mask, box), box, doubtful))
+        image, *more_views = mnist_images(contrast, group_mask, box)
+        digits.append(Digit(image, box, doubtful, more_views))
     return Reading(digits, steps)
+
+
+def digit_probabilities(predict, digits):
+    """Each digit's class probabilities, (len(digits), classes): the mean of what
+    predict(batch of 28x28 images) gives for its views."""
+    views = [view for digit in digits for view in digit.views]
+    probabilities = np.asarray(predict(np.stack(views)))
+    means, start = [], 0
+    for digit in digits:
+        means.append(probabilities[start:start + len(digit.views)].mean(axis=0))
+        start += len(digit.views)
+    return np.stack(means)
 
 
 def working_size(pixels):

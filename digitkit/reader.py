@@ -51,8 +51,7 @@ class DigitReader:
         0-255 or float 0-1). See `whole_answer` for what it holds; an image with no ink
         raises digitkit.ink.BlankImageError, an unreadable file digitkit.ink.ImageError."""
         reading = ink.read(pixels_of(source), single=not self.reads_numbers)
-        batch = np.stack([digit.image for digit in reading.digits])
-        return self.answer(reading, self.probabilities(batch))
+        return self.answer(reading, ink.digit_probabilities(self.probabilities, reading.digits))
 
     def answer(self, reading, probabilities):
         """The answer for a reading, given its digits' probabilities."""

@@ -7,6 +7,7 @@ module only after backend.start.
 """
 
 import csv
+import functools
 import logging
 import itertools
 import json
@@ -172,8 +173,9 @@ def classify(model, found, chunk=PREDICT_CHUNK):
     about chunk images predicted at a time."""
     found = iter(found)
     while batch := list(itertools.islice(found, chunk)):
-        digits = np.stack([digit.image for _, reading in batch for digit in reading.digits])
-        probabilities = model.predict(digits, batch_size=EVAL_BATCH_SIZE, verbose=0)
+        probabilities = ink.digit_probabilities(
+            functools.partial(model.predict, batch_size=EVAL_BATCH_SIZE, verbose=0),
+            [digit for _, reading in batch for digit in reading.digits])
         start = 0
         for path, reading in batch:
             yield path, reading, probabilities[start:start + len(reading.digits)]

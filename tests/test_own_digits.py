@@ -161,19 +161,72 @@ def test_predict_reads_a_number_whole_in_json_csv_and_the_picture(tmp_path, trai
     assert quiet.returncode == 0 and quiet.stdout == ""
 
 
-@pytest.mark.parametrize("condition, floor", [("clean", 0.96), ("noise", 0.95),
-                                              ("lined", 0.93), ("blue-ink", 0.95),
-                                              ("pencil", 0.93), ("chalk", 0.95),
-                                              ("shadow", 0.93), ("numbers", 0.88)])
-def test_photo_style_test_digits_are_read_right(trained_mnist, mnist_dir, condition, floor):
-    """The shared 3-epoch model (about 98% on MNIST's test set) on the first 150 test digits
-    in each condition; docs/your-own-digits.md has the default model's figures."""
+def test_strokes_far_thicker_than_mnist_are_also_read_thinned():
+    """A marker-thick 1 or 4 (as UCI's 8x8 scans are) gets a second view with its strokes
+    thinned, and the model's answer is the mean over both views; a digit drawn at MNIST's
+    width gets no second view."""
+    from digitkit.digits import disk
+
+    for digit in (1, 4):
+        canvas = np.zeros((112, 112), np.uint8)
+        cv2.putText(canvas, str(digit), (22, 96), cv2.FONT_HERSHEY_SIMPLEX, 3.2, 255, 11,
+                    cv2.LINE_AA)
+        plain = ink.read(cv2.erode(canvas, disk(3)).astype(np.float32) / 255,
+                         single=True).digits[0]
+        assert len(plain.views) == 1 and plain.views[0] is plain.image
+        thick = ink.read(cv2.dilate(canvas, disk(4)).astype(np.float32) / 255,
+                         single=True).digits[0]
+        assert len(thick.views) == 2 and thick.views[0] is thick.image
+        # Both fill the same 20x20 box, so less ink is thinner strokes.
+        assert thick.views[1].sum() < 0.85 * thick.image.sum(), digit
+        assert similarity(thick.views[1], thick.image) > 0.7, digit
+
+    def predict(batch):  # one "class" per view: its mean ink, and one minus it
+        mean = batch.reshape(len(batch), -1).mean(axis=1)
+        return np.stack([mean, 1 - mean], axis=1)
+
+    means = ink.digit_probabilities(predict, [plain, thick])
+    assert means.shape == (2, 2)
+    np.testing.assert_allclose(means[0], predict(plain.image[None])[0], rtol=1e-6)
+    np.testing.assert_allclose(means[1], predict(np.stack(thick.views)).mean(axis=0), rtol=1e-6)
+
+
+def test_uci_handwriting_is_read_right(trained_mnist):
+    """The UCI optical digits scikit-learn ships (1,797 8x8 scans, 43 writers), whose strokes
+    are about twice MNIST's width. The shared 3-epoch model read 83.5% of them, and 31% of
+    their 1s, with the ink as it is; 89.4% and 74% with the thinned view beside it (the
+    default 30-epoch model: 95.4%, docs/your-own-digits.md)."""
     from digitkit.reader import DigitReader
 
+    reader = DigitReader.load(trained_mnist / "model.keras")
+    uci = list(photos.uci_digits())
+    predicted = [reader.read(image)["prediction"] for image, _ in uci]
+    right = np.array([said == label for said, (_, label) in zip(predicted, uci)])
+    ones = np.array([label == "1" for _, label in uci])
+    print(f"uci: {right.sum()}/{len(uci)}, its 1s {right[ones].sum()}/{ones.sum()}")
+    assert right.mean() >= 0.87 and right[ones].mean() >= 0.6
+
+
+PHOTO_FLOORS = dict(clean=0.96, noise=0.95, lined=0.93, squared=0.93, pencil=0.93,
+                    chalk=0.95, shadow=0.93, small=0.85, numbers=0.88)
+PHOTO_FLOORS["blue-ink"] = PHOTO_FLOORS["red-ink"] = 0.95
+
+
+def test_photo_style_test_digits_are_read_right(trained_mnist, mnist_dir):
+    """The shared 3-epoch model (about 98% on MNIST's test set) on the first 100 test digits
+    (or numbers) in each condition, every condition benchmarks/photos.py has, the model and
+    the data loaded once; docs/your-own-digits.md has the default model's figures."""
+    from digitkit.reader import DigitReader
+
+    assert set(PHOTO_FLOORS) == set(photos.CONDITIONS)
     arrays, _ = data.read_data_dir(mnist_dir, "mnist")
     reader = DigitReader.load(trained_mnist / "model.keras")
-    right = sum(reader.read(np.asarray(photo))["prediction"] == label
-                for photo, label in photos.rendered(arrays["x_test"], arrays["y_test"],
-                                                    condition, 150))
-    print(f"{condition}: {right}/150")
-    assert right / 150 >= floor
+    short = {}
+    for condition, floor in PHOTO_FLOORS.items():
+        right = sum(reader.read(np.asarray(photo))["prediction"] == label
+                    for photo, label in photos.rendered(arrays["x_test"], arrays["y_test"],
+                                                        condition, 100))
+        print(f"{condition}: {right}/100")
+        if right / 100 < floor:
+            short[condition] = right
+    assert not short, short

@@ -9,6 +9,13 @@ class RunError(Exception):
     status = 1
 
 
+class LostError(BaseException):
+    """A failure the user can act on that must pass through a library's `except Exception`
+    (Optuna records a failed trial in the very database that was lost): one line, exit 1."""
+
+    status = 1
+
+
 class UsageError(RunError):
     """Flags that cannot work with the data they were given: one line, exit status 2."""
 

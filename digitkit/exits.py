@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 
-from digitkit.errors import RunError
+from digitkit.errors import LostError, RunError
 from digitkit.folders import release_output_dirs
 
 
@@ -28,7 +28,7 @@ def reported():
     try:
         yield outcome
         failed = False
-    except RunError as err:
+    except (RunError, LostError) as err:
         print(f"error: {err}", file=sys.stderr)
         outcome.status = err.status
     except OSError as err:  # output that cannot be written: full disk, permissions

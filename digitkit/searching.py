@@ -57,6 +57,7 @@ class Trial:
 
         self.search["current"] = [self.trial.number]
         # Once the settings are chosen, so that retry_unfinished can repeat them.
+        self.trial.set_user_attr("folder", self.search["folder"])
         self.trial.set_user_attr("worker", WORKER)
         keras.backend.clear_session()
         keras.utils.set_random_seed(self.config.seed + self.trial.number)
@@ -99,6 +100,11 @@ class Searching:
         search = self.search
         if search["embedded"]:
             retry_unfinished(search["study"])
+        else:  # those this folder's last search left running (a lost database, a kill)
+            retry_unfinished(search["study"], [
+                trial.number for trial in search["study"].get_trials(
+                    deepcopy=False, states=(TrialState.RUNNING,))
+                if trial.user_attrs.get("folder") == search["folder"]])
         search["current"], self.started = [], time.perf_counter()
         done = counted(search["study"])
         # None: trials until Enough stops the study (queued ones included); 0 once it holds

@@ -17,7 +17,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import re
 import socket
 import time
 import warnings
@@ -30,6 +29,7 @@ from digitkit.cli import batch_powers, suggested_command
 from digitkit.config import TUNE_SPACE, defaults_for, resume_fingerprint
 from digitkit.errors import RunError, UsageError, one_line
 from digitkit.files import write_text
+from digitkit.storage import PatientStorage, shown_url
 
 STUDY_FILE = "tuning.db"  # in the output folder, unless --tune-storage names a database
 STUDY_NAME = "digit_classifier"
@@ -109,16 +109,6 @@ def search_settings(config, space):
     return json.loads(json.dumps(dict(space=space, fixed=fixed)))
 
 
-def shown_url(url):
-    """A database URL as it may be printed: any password replaced by ***."""
-    try:
-        import sqlalchemy
-
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: hide what stands where one would
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
 def driver_url(url):
     """url, with the PostgreSQL driver that is installed named in it: SQLAlchemy reads a
     plain postgresql:// as psycopg2, the older of the two drivers."""
@@ -183,7 +173,10 @@ def open_study(config, options, output_dir):
         study.sampler = optuna.samplers.TPESampler(
             seed=config.seed + len(study.trials) if embedded else None, multivariate=True,
             group=True, constant_liar=not embedded)
-    return dict(study=study, embedded=embedded, url=shown, name=name, space=space,
+    # The trials this output folder's search runs are marked with it: the folder is locked,
+    # so its trials left running are a killed search's, to fail and queue again at once.
+    folder = f"{socket.gethostname()}:{output_dir.resolve()}"
+    return dict(study=study, embedded=embedded, url=shown, name=name, space=space, folder=folder,
                 trials=options["tune"], minutes=options["tune_minutes"],
                 timeout=options["tune_minutes"] * 60 if options["tune_minutes"] else None)
 
@@ -203,15 +196,18 @@ def create_or_join(url, name, embedded, attempts=5):
             # An embedded study is its output folder's, which this process has locked.
             alone = contextlib.nullcontext() if embedded else one_at_a_time(url)
             with quiet_experimental(), alone:  # heartbeats
-                storage = optuna.storages.RDBStorage(
+                storage = (optuna.storages.RDBStorage if embedded else PatientStorage)(
                     url, heartbeat_interval=None if embedded else HEARTBEAT_SECONDS,
                     grace_period=None if embedded else STALE_SECONDS,
                     heartbeat_stale_trial_callback=None if embedded else
                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-            return optuna.create_study(
+            study = optuna.create_study(
                 storage=storage, study_name=name, direction="maximize", load_if_exists=True,
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS,
                                                    n_warmup_steps=PRUNE_AFTER_EPOCHS))
+            if not embedded:
+                storage.opened()
+            return study
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
                 sqlalchemy.exc.OperationalError) as err:
             racing = any(word in str(err).lower()

@@ -5,6 +5,7 @@ learning rate searched), so each search takes seconds. The PostgreSQL test start
 server (Debian's postgresql, which .ci/run installs) and runs two real worker processes.
 """
 
+import contextlib
 import csv
 import glob
 import json
@@ -247,32 +248,54 @@ def postgres_binary(name):
     return found if isinstance(found, str) else (found[-1] if found else None)
 
 
+class PostgreSQL:
+    """A throwaway PostgreSQL server on a unix socket, which a test can stop and start."""
+
+    def __init__(self, initdb, pg_ctl):
+        self.pg_ctl, self.base = pg_ctl, Path(tempfile.mkdtemp(prefix="pg-"))
+        self.as_user = []
+        if os.geteuid() == 0:  # the server refuses to run as root: run it as Debian's postgres
+            shutil.chown(self.base, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data = self.base / "data"
+        self.run(initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync")
+        self.url = f"postgresql://postgres@/postgres?host={self.base}"
+
+    def run(self, *command):
+        subprocess.run([*self.as_user, *command], check=True, capture_output=True, timeout=60)
+
+    def start(self):
+        """Start the server and wait until it accepts connections."""
+        self.run(self.pg_ctl, "-D", self.data, "-w", "-l", self.base / "log", "-o",
+                 f"-k {self.base} -c listen_addresses='' -c fsync=off", "start")
+
+    def stop(self, mode="immediate"):
+        """Stop the server (immediate: as a crash does; fast: as an administrator does)."""
+        self.run(self.pg_ctl, "-D", self.data, "-m", mode, "-w", "stop")
+
+
 @pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server on a unix socket, for the test's life; its URL."""
+def postgres():
+    """A running PostgreSQL server for the test's life (see PostgreSQL)."""
     initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
     if not initdb or not pg_ctl:
         if os.environ.get("REQUIRE_POSTGRES"):
             pytest.fail("PostgreSQL is not installed (apt-get install -y postgresql)")
         pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    base = Path(tempfile.mkdtemp(prefix="pg-"))
-    as_user = []
-    if os.geteuid() == 0:  # the server refuses to run as root: run it as Debian's postgres
-        shutil.chown(base, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-
-    def run(*command):
-        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=60)
-
-    run(initdb, "-D", data, "-U", "postgres", "--auth=trust", "--no-sync")
-    run(pg_ctl, "-D", data, "-w", "-l", base / "log", "-o",
-        f"-k {base} -c listen_addresses='' -c fsync=off", "start")
+    server = PostgreSQL(initdb, pg_ctl)
+    server.start()
     try:
-        yield f"postgresql://postgres@/postgres?host={base}"
+        yield server
     finally:
-        run(pg_ctl, "-D", data, "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        with contextlib.suppress(subprocess.CalledProcessError):  # a test may have stopped it
+            server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    """The URL of a running PostgreSQL server's database."""
+    return postgres.url
 
 
 def two_workers(args, tmp_path, prefix):
@@ -312,6 +335,117 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, synthetic_dir, 
     bests = [json.loads((tmp_path / f"worker{i}" / "metrics.json").read_text())["tuning"]
              ["best"][0]["number"] for i in (1, 2)]
     assert bests[0] == bests[1] == study.best_trial.number
+
+
+def shared_study(url, name):
+    """The study `name` on a PostgreSQL server, once a worker has made it."""
+    import optuna
+
+    import sqlalchemy
+
+    storage = url.replace("postgresql://", "postgresql+psycopg://")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return optuna.load_study(study_name=name, storage=storage)
+        # Not made yet; or this process and the worker both made Optuna's tables at once,
+        # and this one lost (optuna/optuna#1092).
+        except (KeyError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            assert time.monotonic() < deadline, f"no study {name!r} after 120 s"
+            time.sleep(0.05)
+
+
+def stop_mid_trial(postgres, name, worker_alive, restart_after=None):
+    """Stop the server once a trial of the study has reported an epoch (the worker is then
+    inside a trial, with the database in use); start it again after restart_after seconds."""
+    from optuna.trial import TrialState
+
+    study = shared_study(postgres.url, name)
+    deadline = time.monotonic() + 240
+    while not any(trial.intermediate_values for trial in study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING,))):
+        assert worker_alive() and time.monotonic() < deadline, "no trial reported an epoch"
+        time.sleep(0.02)
+    study._storage._backend.engine.dispose()  # this test's own connections
+    postgres.stop()
+    if restart_after is not None:
+        time.sleep(restart_after)  # the outage the worker must outlast, not a wait
+        postgres.start()
+
+
+# Six epochs a trial: a trial runs long enough for the test to stop the server inside it.
+OUTAGE_FLAGS = ["--epochs", "6", "--hidden", "32", "--batch-size", "64", "--augment", "none",
+                "--no-plots"]
+
+
+@pytest.mark.slow
+def test_a_database_restart_during_a_search_is_waited_out(postgres, synthetic_dir, tmp_path):
+    from optuna.trial import TrialState
+
+    worker = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir), "--tune", "3",
+         "--tune-storage", postgres.url, "--study-name", "restart", *OUTAGE_FLAGS,
+         "--output-dir", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_environment())
+    try:
+        stop_mid_trial(postgres, "restart", lambda: worker.poll() is None, restart_after=3)
+        stdout, stderr = worker.communicate(timeout=300)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "the database does not answer" in stdout, stdout
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    states = [trial.state for trial in shared_study(postgres.url, "restart").trials]
+    assert len(states) == 3 and all(state in (TrialState.COMPLETE, TrialState.PRUNED)
+                                    for state in states), states
+
+
+@pytest.mark.slow
+def test_a_database_gone_for_good_is_one_line_and_the_rerun_retries_its_trial(
+        postgres, synthetic_dir, tmp_path, monkeypatch):
+    import threading
+
+    from optuna.trial import TrialState
+
+    from digitkit import storage
+
+    args = ["--data-dir", synthetic_dir, "--tune", "2", "--tune-storage", postgres.url,
+            "--study-name", "gone", *OUTAGE_FLAGS, "--output-dir", tmp_path / "out"]
+    monkeypatch.setattr(storage, "RECONNECT_SECONDS", 2)
+    failures = []
+
+    def stop():
+        try:
+            stop_mid_trial(postgres, "gone", lambda: True)
+        except BaseException as err:  # noqa: B036  (reported on the test's own thread)
+            failures.append(err)
+            postgres.stop()  # so that the search below ends, and the test with it
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()  # main() runs on this thread: it installs signal handlers
+    try:
+        result = run_main(*args)
+    finally:
+        stopper.join(timeout=300)
+    assert not failures, failures
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --tune-storage postgresql+psycopg://postgres@/postgres"), last
+    assert "could not be reached for 2 s" in last and "run the same command again" in last
+
+    postgres.start()
+    [stale] = [trial.number for trial in shared_study(postgres.url, "gone").trials
+               if trial.state == TrialState.RUNNING]
+    monkeypatch.undo()
+    again = run_main(*args)  # at once: not after Optuna's 300 s of silence
+    assert again.returncode == 0, again.stderr
+    assert "waiting for" not in again.stderr
+    trials = shared_study(postgres.url, "gone").trials
+    assert trials[stale].state == TrialState.FAIL
+    retried = [trial for trial in trials if trial.user_attrs.get("retry_of") == stale]
+    assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retried[0].params == trials[stale].params
 
 
 OPEN_WHEN_TOLD = """

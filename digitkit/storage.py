@@ -1,0 +1,97 @@
+"""A shared Optuna study's database that may restart under a search: its calls are tried
+again on a fresh connection for a while, then end the search in one line (exit 1).
+
+Imports Optuna and the standard library; SQLAlchemy (Optuna's own) where it is used.
+"""
+
+import contextlib
+import logging
+import re
+import time
+
+import optuna
+
+from digitkit.errors import LostError, one_line
+from digitkit.messages import LOGGER
+
+RECONNECT_SECONDS = 60  # a shared database out of reach is retried this long (a restart)
+
+
+def shown_url(url):
+    """A database URL as it may be printed: any password replaced by ***."""
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: hide what stands where one would
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+class PatientStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage, for a shared database that may restart under a search: a call
+    that loses its connection is tried again, with a fresh one, for RECONNECT_SECONDS; after
+    that it raises LostError (one line, exit 1), and so does every later call at once.
+    patience is 0 while the study is opened, so that a wrong URL fails at once. A heartbeat
+    that cannot be sent is skipped: the search's own next call says what was lost."""
+
+    def __init__(self, url, **kwargs):
+        # A pooled connection the restart closed is noticed before use, not in a query.
+        super().__init__(url, engine_kwargs=dict(pool_pre_ping=True), **kwargs)
+        self.patience, self.lost = 0, None
+
+    def opened(self):
+        """The study is open: from now on, outlast a restart."""
+        self.patience = RECONNECT_SECONDS
+
+    def record_heartbeat(self, trial_id):
+        """Say this worker is alive, if the database can be reached."""
+        with contextlib.suppress(LostError):
+            self.patiently(super().record_heartbeat, trial_id)
+
+    def patiently(self, call, *args, **kwargs):
+        """call(*args, **kwargs), tried again while its connection is lost, for patience."""
+        import sqlalchemy
+
+        waited, pause = 0.0, 0.5
+        while True:
+            if self.lost:
+                raise LostError(self.lost)
+            try:
+                return call(*args, **kwargs)
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+                cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) \
+                    else err
+                if not isinstance(cause, (sqlalchemy.exc.OperationalError,
+                                          sqlalchemy.exc.InterfaceError)):
+                    raise
+                if waited >= self.patience:
+                    if not self.patience:
+                        raise
+                    self.lost = (f"--tune-storage {shown_url(self.url)}: the database could "
+                                 f"not be reached for {self.patience} s "
+                                 f"({one_line(getattr(cause, 'orig', None) or cause)}); "
+                                 f"run the same command again to continue the study")
+                    raise LostError(self.lost) from None
+                if not waited:
+                    logging.getLogger(LOGGER).info(
+                        f"the database does not answer ({one_line(cause)}); trying again "
+                        f"for {self.patience} s")
+            time.sleep(pause)
+            waited, pause = waited + pause, min(2 * pause, 5.0)
+
+
+def patient(name):
+    """RDBStorage's method `name`, through PatientStorage.patiently."""
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    def call(self, *args, **kwargs):
+        return self.patiently(method, self, *args, **kwargs)
+
+    call.__name__, call.__doc__ = name, method.__doc__
+    return call
+
+
+for _name in {*(name for name in dir(optuna.storages.BaseStorage) if not name.startswith("_")),
+              "_get_stale_trial_ids"} - {"record_heartbeat", "remove_session", "upgrade"}:
+    if callable(getattr(optuna.storages.RDBStorage, _name, None)):
+        setattr(PatientStorage, _name, patient(_name))

@@ -74,6 +74,7 @@ def test_the_model_outputs_the_temperature_scaled_probabilities(small_model):
             metrics.negative_log_likelihood(probabilities, data["y_test"]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_committee_is_calibrated_with_one_temperature_for_all_members():
     import keras
 
@@ -104,6 +105,7 @@ def test_a_committee_is_calibrated_with_one_temperature_for_all_members():
         atol=1e-5)
 
 
+@pytest.mark.slow
 def test_without_a_validation_split_no_temperature_is_fitted(tmp_path, synthetic_dir):
     out = tmp_path / "out"
     result = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST,
@@ -286,6 +288,7 @@ def test_a_training_run_records_calibration_and_robustness(trained_synthetic):
     assert "test ECE" in result.stdout and "robustness: mean accuracy" in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_saved_models_calibration_and_robustness(trained_synthetic,
                                                                       synthetic_dir, tmp_path):
     out, _ = trained_synthetic
@@ -303,6 +306,7 @@ def test_evaluate_reports_the_saved_models_calibration_and_robustness(trained_sy
 
 # --- unsure -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_min_confidence_marks_answers_below_it_unsure(trained_synthetic, tmp_path):
     out, _ = trained_synthetic
     images, _ = synthetic_digits(8, seed=11)

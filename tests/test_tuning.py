@@ -383,7 +383,7 @@ def test_a_database_restart_during_a_search_is_waited_out(postgres, synthetic_di
     from optuna.trial import TrialState
 
     worker = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir), "--tune", "3",
+        [sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir), "--tune", "2",
          "--tune-storage", postgres.url, "--study-name", "restart", *OUTAGE_FLAGS,
          "--output-dir", str(tmp_path / "out")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_environment())
@@ -396,7 +396,7 @@ def test_a_database_restart_during_a_search_is_waited_out(postgres, synthetic_di
     assert "the database does not answer" in stdout, stdout
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
     states = [trial.state for trial in shared_study(postgres.url, "restart").trials]
-    assert len(states) == 3 and all(state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert len(states) == 2 and all(state in (TrialState.COMPLETE, TrialState.PRUNED)
                                     for state in states), states
 
 

@@ -52,7 +52,7 @@ class PatientStorage(optuna.storages.RDBStorage):
         """call(*args, **kwargs), tried again while its connection is lost, for patience."""
         import sqlalchemy
 
-        waited, pause = 0.0, 0.5
+        started, pause = None, 0.5
         while True:
             if self.lost:
                 raise LostError(self.lost)
@@ -64,20 +64,20 @@ class PatientStorage(optuna.storages.RDBStorage):
                 if not isinstance(cause, (sqlalchemy.exc.OperationalError,
                                           sqlalchemy.exc.InterfaceError)):
                     raise
-                if waited >= self.patience:
-                    if not self.patience:
-                        raise
+                if not self.patience:
+                    raise
+                reason = one_line(getattr(cause, "orig", None) or cause)  # not the SQL
+                if started is None:
+                    started = time.monotonic()
+                    logging.getLogger(LOGGER).info(f"the database does not answer ({reason}); "
+                                                   f"trying again for {self.patience} s")
+                elif time.monotonic() - started >= self.patience:
                     self.lost = (f"--tune-storage {shown_url(self.url)}: the database could "
-                                 f"not be reached for {self.patience} s "
-                                 f"({one_line(getattr(cause, 'orig', None) or cause)}); "
-                                 f"run the same command again to continue the study")
+                                 f"not be reached for {self.patience} s ({reason}); run the "
+                                 f"same command again to continue the study")
                     raise LostError(self.lost) from None
-                if not waited:
-                    logging.getLogger(LOGGER).info(
-                        f"the database does not answer ({one_line(cause)}); trying again "
-                        f"for {self.patience} s")
             time.sleep(pause)
-            waited, pause = waited + pause, min(2 * pause, 5.0)
+            pause = min(2 * pause, 5.0)
 
 
 def patient(name):

@@ -61,9 +61,14 @@ class PatientStorage(optuna.storages.RDBStorage):
             except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
                 cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) \
                     else err
-                if not isinstance(cause, (sqlalchemy.exc.OperationalError,
-                                          sqlalchemy.exc.InterfaceError)):
+                # A session whose connection died mid-transaction is left needing a rollback.
+                if not (isinstance(cause, (sqlalchemy.exc.OperationalError,
+                                           sqlalchemy.exc.InterfaceError,
+                                           sqlalchemy.exc.PendingRollbackError))
+                        or getattr(cause, "connection_invalidated", False)):
                     raise
+                with contextlib.suppress(Exception):  # the next try gets a fresh session
+                    self.remove_session()
                 if not self.patience:
                     raise
                 reason = one_line(getattr(cause, "orig", None) or cause)  # not the SQL

@@ -395,9 +395,11 @@ def test_a_database_restart_during_a_search_is_waited_out(postgres, synthetic_di
     assert worker.returncode == 0, stderr
     assert "the database does not answer" in stdout, stdout
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
-    states = [trial.state for trial in shared_study(postgres.url, "restart").trials]
+    trials = shared_study(postgres.url, "restart").trials
+    states = [trial.state for trial in trials]
     assert len(states) == 2 and all(state in (TrialState.COMPLETE, TrialState.PRUNED)
-                                    for state in states), states
+                                    for state in states), (
+        states, [trial.user_attrs.get("error") for trial in trials], stdout)
 
 
 @pytest.mark.slow

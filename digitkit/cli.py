@@ -301,6 +301,7 @@ def build_parser():
 
 
 DATA_DIR_VARIABLE = "DIGIT_CLASSIFIER_DATA_DIR"  # gives --data-dir's default, offline
+SAVED_MODEL_MODES = ("predict", "draw", "evaluate", "export")  # they use --model, train nothing
 
 
 def parse_command_line(argv=None):
@@ -323,7 +324,7 @@ def parse_command_line(argv=None):
         refuse("min_confidence", "only with --predict or --draw")
     if mode != "draw":
         refuse("port", "only with --draw")
-    if mode not in ("predict", "draw", "evaluate", "export"):
+    if mode not in SAVED_MODEL_MODES:
         refuse("model", "only with --predict, --draw, --evaluate or --export")
     if mode != "train":
         refuse("resume", "only when training")
@@ -334,7 +335,7 @@ def parse_command_line(argv=None):
         refuse("tensorboard", "only when training or comparing")
     if mode not in ("train", "tune", "evaluate"):
         refuse("plots", "only when training or evaluating")
-    if mode in ("predict", "draw", "evaluate", "export"):
+    if mode in SAVED_MODEL_MODES:
         for flag in ("repeats", "epochs", "hidden", "preset", "patience", "resume", "augment",
                      "deskew", "committee"):
             refuse(flag, f"has no effect with --{mode}")

@@ -80,7 +80,7 @@ def run_export(config, options, output_dir):
         output=dict(shape=[None, len(DATASETS[dataset]["classes"])], dtype="float32",
                     meaning="calibrated probabilities of the classes, in the order of classes"),
         versions=dict(keras=keras.__version__))
-    name = spec["file"] + ".json" if export_format != "savedmodel" else "savedmodel.json"
+    name = spec["file"] + ".json"  # model.onnx.json, model.tflite.json, savedmodel.json
     with staged(output_dir, "export", names=(spec["file"], name), prefix="export-") as stage:
         try:
             with warnings.catch_warnings():  # the converters' own deprecation notices

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST, ROOT, built_once, run_cli, run_main, write_dataset
+from helpers import PICTURED, ROOT, built_once, run_cli, run_main, write_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +27,7 @@ def trained_synthetic(tmp_path_factory, synthetic_dir):
     """One short training run of the real CLI on synthetic data, shared by report tests; in a
     real process, so that what it prints is all a user would see."""
     def train(folder):
-        result = run_cli("--data-dir", synthetic_dir, "--output-dir", folder / "out", *FAST)
+        result = run_cli("--data-dir", synthetic_dir, "--output-dir", folder / "out", *PICTURED)
         assert result.returncode == 0, result.stderr
         (folder / "stdout").write_text(result.stdout)
         (folder / "stderr").write_text(result.stderr)
@@ -66,10 +66,11 @@ def fashion_dir():
 def trained_mnist(tmp_path_factory, mnist_dir):
     """A model trained with the default settings on full MNIST, as a user would, but for 3
     epochs instead of 30: about 98% on the test set, enough for what its tests check (they
-    were re-checked at this size: docs/development.md)."""
+    were re-checked at this size: docs/development.md). No test looks at its pictures, so
+    it draws none (--no-plots)."""
     def train(folder):
         result = run_main("--data-dir", mnist_dir, "--output-dir", folder / "out", "--quiet",
-                          "--epochs", "3")
+                          "--epochs", "3", "--no-plots")
         assert result.returncode == 0, result.stderr
 
     return built_once(tmp_path_factory, "trained_mnist", train) / "out"

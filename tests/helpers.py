@@ -17,8 +17,11 @@ sys.path.insert(0, str(ROOT))
 
 # Flags that keep a synthetic run to a couple of seconds of training. The synthetic classes
 # are bars two pixels apart, which the default distortion (shifts of up to 2 px) would blur
-# into each other, so these runs train on the images as they are.
-FAST = ["--epochs", "2", "--hidden", "32", "--batch-size", "64", "--augment", "none"]
+# into each other, so these runs train on the images as they are. PICTURED runs draw the
+# pictures too (some three seconds a run): for the tests that look at them; the others
+# leave them out (--no-plots).
+PICTURED = ["--epochs", "2", "--hidden", "32", "--batch-size", "64", "--augment", "none"]
+FAST = [*PICTURED, "--no-plots"]
 
 
 def run_cli(*args, timeout=300, env=None, cwd=None):

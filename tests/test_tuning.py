@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST, SCRIPT, cli_environment, run_main
+from helpers import FAST, PICTURED, SCRIPT, cli_environment, run_main
 
-TINY = [*FAST]  # pins the epochs, hidden layers, batch size and distortion: two settings left
+# Pins the epochs, hidden layers, batch size and distortion (and draws no picture): two
+# settings left to search.
+TINY = [*FAST]
 
 
 def trials(output_dir):
@@ -36,7 +38,7 @@ def trials(output_dir):
 def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it(
         synthetic_dir, tmp_path):
     out = tmp_path / "out"
-    args = ["--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *TINY]
+    args = ["--data-dir", synthetic_dir, "--output-dir", out, "--tune", "2", *PICTURED]
     result = run_main(*args)
     assert result.returncode == 0, result.stderr
     rows = trials(out)
@@ -55,7 +57,7 @@ def test_search_trains_its_best_trial_as_a_run_and_the_same_command_continues_it
     assert (out / "tuning_history.png").stat().st_size > 10_000  # the search's own picture
     assert "--learning-rate" in result.stdout and "best: trial" in result.stdout
 
-    again = run_main(*args[:-len(TINY) - 1], "3", *TINY, "--no-plots")  # one more trial
+    again = run_main(*args[:-len(PICTURED) - 1], "3", *TINY)  # one more trial, --no-plots
     assert again.returncode == 0, again.stderr
     assert not list(out.glob("*.png"))  # --no-plots: neither the run's nor the search's
     assert "2 of 3 trials done" in again.stdout

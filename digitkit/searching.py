@@ -71,8 +71,11 @@ class Trial:
         if exc_type is optuna.TrialPruned:
             log.info(f"{what}: {exc} ({seconds:.0f} s)")
         elif exc_type is not None and issubclass(exc_type, Exception):
-            self.trial.set_user_attr("error", one_line(exc))
-            log.info(f"{what}: failed ({one_line(exc)})")
+            error = one_line(exc)
+            if exc.__cause__ is not None:  # Optuna's StorageInternalError: the driver's reason
+                error += f" ({one_line(exc.__cause__)})"
+            self.trial.set_user_attr("error", error)
+            log.info(f"{what}: failed ({error})")
         if exc_type is not None:
             return False
         trained = self.result["training"]

@@ -96,7 +96,12 @@ def patient(name):
     return call
 
 
+# Every public storage method, and the private ones Optuna's _CachedStorage (which wraps this
+# storage in a study) calls on it directly: a new trial, its settings, the trials a pruner
+# reads, the best trial, the stale ones (tests/test_tuning.py checks the list against Optuna's).
+CACHE_CALLS = {"_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+               "_get_stale_trial_ids"}
 for _name in {*(name for name in dir(optuna.storages.BaseStorage) if not name.startswith("_")),
-              "_get_stale_trial_ids"} - {"record_heartbeat", "remove_session", "upgrade"}:
+              *CACHE_CALLS} - {"record_heartbeat", "remove_session", "upgrade"}:
     if callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(PatientStorage, _name, patient(_name))

@@ -452,6 +452,27 @@ def test_a_database_gone_for_good_is_one_line_and_the_rerun_retries_its_trial(
     assert retried[0].params == trials[stale].params
 
 
+def test_every_database_call_optunas_cache_makes_waits_out_a_restart():
+    """A study wraps our storage in Optuna's _CachedStorage, which calls some of RDBStorage's
+    private methods itself (a new trial, its settings, the trials a pruner reads): each one
+    must go through PatientStorage.patiently too, or a restart inside it fails the trial
+    (seen in CI: a trial FAILed with Optuna's StorageInternalError)."""
+    import inspect
+    import re
+
+    import optuna
+
+    from digitkit.storage import PatientStorage
+
+    called = set(re.findall(r"self\._backend\.(\w+)\(",
+                            inspect.getsource(optuna.storages._CachedStorage)))
+    assert {"_create_new_trial", "_get_trials", "create_new_study"} <= called
+    no_query = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}  # attributes
+    impatient = {name for name in called - no_query
+                 if getattr(PatientStorage, name) is getattr(optuna.storages.RDBStorage, name)}
+    assert not impatient
+
+
 OPEN_WHEN_TOLD = """
 import sys, time
 from pathlib import Path

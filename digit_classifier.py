@@ -158,10 +158,10 @@ def run_training(config, search=None):
     data, dataset_info, timing = load_data(config)
     with folders.staged(output_dir) as stage:  # published whole at the end, or dropped
         start = checkpoint.start(config)  # --resume: the last finished epoch
-        if start is None:
-            log.info(f"building the model: {weights:,} weights, about "
-                     f"{needed / 2 ** 30:.1f} GiB of memory to train")
         with StopSignals(at_once_until_trained=True) as signals:  # then after a batch
+            if start is None:  # said inside: a Ctrl-C that answers it is this block's
+                log.info(f"building the model: {weights:,} weights, about "
+                         f"{needed / 2 ** 30:.1f} GiB of memory to train")
             result = train_and_evaluate(config, data, signals, (output_dir, stage), start)
         trained = result["training"]
         timing.update(trained["timing"])

@@ -128,14 +128,18 @@ def test_memory_estimate_counts_the_weights_adam_and_the_data():
 @pytest.mark.slow
 # While the model is built, and after it is built but before its first batch has trained
 # (the summary printed, the training step being traced): on a loaded machine a Ctrl-C meant for
-# the build lands in either, so both stop at once.
+# the build lands in either, so both stop at once. The process starts with SIGINT ignored, as
+# a shell's background job does (one such run lost the signal: "building the model" was then
+# said before the handler was in place, and the run trained on for minutes): only the
+# script's own handler can stop it.
 @pytest.mark.parametrize("signal_after", ["building the model", "Model: "])
 def test_ctrl_c_while_a_large_model_is_built_stops_at_once(tmp_path, synthetic_dir, signal_after):
     process = subprocess.Popen([sys.executable, str(SCRIPT), "--data-dir", str(synthetic_dir),
                                 "--output-dir", str(tmp_path / "out"), "--hidden", "8192",
                                 "8192", "8192", "--epochs", "50", "--augment", "none",
                                 "--batch-size", "64", "--steps-per-execution", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     for line in process.stdout:
         if line.startswith(signal_after):
             break

@@ -43,8 +43,12 @@ def start(config):
     os.environ["KERAS_BACKEND"] = config.backend
     # TensorFlow's TFLite converter imports JAX at start-up whenever it is installed, for a
     # JAX converter this script never uses; Keras imports scikit-learn (and SciPy's
-    # statistics with it), for wrappers it never uses either (the cost: docs/performance.md).
-    unused = ["jax", "sklearn"] if config.backend == "tensorflow" else ["sklearn"]
+    # statistics with it), pandas, OpenCV and Matplotlib's pyplot, for wrappers, DataFrame
+    # inputs and drawing helpers it never uses either. The pictures and --predict import
+    # Matplotlib and OpenCV themselves when they need them (the cost: docs/performance.md).
+    unused = ["sklearn", "pandas", "cv2", "matplotlib"]
+    if config.backend == "tensorflow":
+        unused.append("jax")
     try:
         with NativeStderrSilenced():
             keras = import_without("keras", unused)

@@ -2,7 +2,7 @@
 
     python benchmarks/export.py --model outputs/model.keras [--calls 200]
 
-Exports the model with the script (`--export onnx`, `litert`, `savedmodel`, into a temporary
+Exports the model with the script (`--export onnx litert savedmodel`, into a temporary
 folder), then times, in this one process, one image at a time (the median of --calls calls,
 after 20 to warm up) and a batch of 1,000 (the median of 5 calls, per image) in onnxruntime,
 LiteRT's interpreter, TensorFlow's SavedModel and Keras itself. Needs the export packages of
@@ -77,10 +77,8 @@ def main():
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="export-benchmark-"))
-    for export_format in FILES:
-        subprocess.run([sys.executable, str(ROOT / "digit_classifier.py"), "--export",
-                        export_format, "--model", args.model, "--output-dir", str(folder),
-                        "--quiet"], check=True)
+    subprocess.run([sys.executable, str(ROOT / "digit_classifier.py"), "--export", *FILES,
+                    "--model", args.model, "--output-dir", str(folder), "--quiet"], check=True)
     import keras
 
     model = keras.models.load_model(args.model)

@@ -168,9 +168,11 @@ def build_parser():
     mode.add_argument("--draw", action="store_true",
                       help="serve a page on 127.0.0.1 where you draw a digit with mouse, pen or "
                            "finger and see the saved model's answer as you draw (see --port)")
-    mode.add_argument("--export", choices=("onnx", "litert", "savedmodel"), metavar="FORMAT",
-                      help="write the saved model (see --model) for another runtime: onnx "
-                           "(model.onnx), litert (model.tflite) or savedmodel (TF Serving)")
+    mode.add_argument("--export", nargs="+", choices=("onnx", "litert", "savedmodel"),
+                      metavar="FORMAT",
+                      help="write the saved model (see --model) for other runtimes, in one or "
+                           "more of: onnx (model.onnx), litert (model.tflite), savedmodel "
+                           "(TF Serving)")
     mode.add_argument("--evaluate", action="store_true",
                       help="evaluate a saved model on the test set and write its reports "
                            "in OUTPUT_DIR/evaluation")
@@ -386,5 +388,6 @@ def parse_command_line(argv=None):
                    tune=args.get("tune"), tune_minutes=args.get("tune_minutes"),
                    tune_ranges=dict(args.get("tune_range", ())),
                    tune_storage=args.get("tune_storage"), study_name=args.get("study_name"),
-                   given=given, export=args.get("export"))
+                   given=given,
+                   export=list(dict.fromkeys(args["export"])) if "export" in args else None)
     return mode, config, options

@@ -5,9 +5,10 @@
 TensorFlow SavedModel folder (TF Serving), each through Keras' own model.export, with a
 JSON file beside it: the class names, the input it takes (shape, scale, polarity), the
 source model and its test accuracy. The exported model is checked against the Keras model
-in its own runtime when that runtime is installed. The converter a format needs is imported
-only for that format; a missing one is one line naming its pip install. Imports Keras at
-its top: import this module only after backend.start.
+in its own runtime when that runtime is installed. One run writes one format or several
+(--export onnx litert savedmodel: the model loaded once). The converter a format needs is
+imported only for that format; a missing one is one line naming its pip install. Imports
+Keras at its top: import this module only after backend.start.
 """
 
 import importlib.util
@@ -58,19 +59,31 @@ def refusal(model, export_format):
 
 
 def run_export(config, options, output_dir):
-    """Write the saved model (options["model"]) in options["export"]'s format into
-    output_dir, with its JSON beside it; an earlier export moves to previous/. Returns 0."""
-    export_format, model_path = options["export"], Path(options["model"])
-    spec = FORMATS[export_format]
-    missing = [name for name in spec["needs"] if importlib.util.find_spec(name) is None]
-    if missing:
-        raise RunError(f"--export {export_format} needs {' and '.join(missing)}; install "
-                       f"with: pip install {' '.join(missing)}")
+    """Write the saved model (options["model"]) in each of options["export"]'s formats into
+    output_dir, each with its JSON beside it; an earlier export of a format moves to
+    previous/. What would refuse a format (a missing converter, a layer the format cannot
+    hold) is found before the first file is written. Returns 0."""
+    formats, model_path = options["export"], Path(options["model"])
+    for export_format in formats:
+        missing = [name for name in FORMATS[export_format]["needs"]
+                   if importlib.util.find_spec(name) is None]
+        if missing:
+            raise RunError(f"--export {export_format} needs {' and '.join(missing)}; install "
+                           f"with: pip install {' '.join(missing)}")
     model, dataset = load_saved_model(model_path, config)
-    why = refusal(model, export_format)
-    if why:
-        raise RunError(f"--export {export_format}: {why}")
+    for export_format in formats:
+        why = refusal(model, export_format)
+        if why:
+            raise RunError(f"--export {export_format}: {why}")
     record = saved_record(model_path) or {}
+    for export_format in formats:
+        export_one(model, model_path, dataset, record, export_format, output_dir)
+    return 0
+
+
+def export_one(model, model_path, dataset, record, export_format, output_dir):
+    """Write, check and describe one format's export in output_dir, published whole."""
+    spec = FORMATS[export_format]
     accuracy = record.get("test_accuracy")
     about = dict(
         format=export_format, file=spec["file"], source=str(model_path.resolve()),
@@ -99,7 +112,6 @@ def run_export(config, options, output_dir):
              f"{check_line['largest_difference']:.2g} on {check_line['images']} images, the "
              f"same top class for all" if check_line.get("checked") else
              f"not checked: {check_line['why']}")
-    return 0
 
 
 def check(model, path, export_format, runtime):

@@ -75,6 +75,12 @@ def test_a_deskewing_model_is_refused_in_one_line_where_the_format_cannot_hold_i
         assert "deskews its input (--deskew)" in refused.stderr
         assert "--export savedmodel" in refused.stderr
         assert not (tmp_path / "export" / FILES[export_format]).exists()
+    # Among several formats, one that refuses stops the run before any is written.
+    refused = run_main("--export", "savedmodel", "onnx", "--model", tmp_path / "model.keras",
+                       "--output-dir", tmp_path / "export")
+    assert refused.returncode == 1 and "--export onnx: the model deskews" in refused.stderr
+    assert not (tmp_path / "export" / "savedmodel").exists()
+    assert not (tmp_path / "export" / "savedmodel.json").exists()
     images, _ = synthetic_digits(100, seed=9)
     got, expected = exported_answers(tmp_path / "model.keras", tmp_path / "export",
                                      "savedmodel", (images / 255).astype(np.float32))

@@ -54,7 +54,7 @@ SEED_NETWORK = (100, 100, 100)
 PLAIN_EPOCHS = 15
 
 
-def worker(kind, data_dir, seed, target, overrides):
+def worker(kind, data_dir, seed, target, overrides, plain_epochs=PLAIN_EPOCHS):
     """Train once and print one JSON line of measurements."""
     import digit_classifier as dc
     from digitkit import backend
@@ -72,7 +72,7 @@ def worker(kind, data_dir, seed, target, overrides):
     if kind == "plain":
         config = dataclasses.replace(config, batch_size=32, steps_per_execution=1,
                                      learning_rate=1e-3, lr_schedule="constant",
-                                     epochs=PLAIN_EPOCHS)
+                                     epochs=plain_epochs)
     else:
         config = dataclasses.replace(config, backend="jax" if kind == "jax" else "tensorflow",
                                      **overrides)
@@ -240,6 +240,8 @@ def main():
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change one of ours' settings (a digitkit.config.Config field), "
                              "e.g. --set batch_size=128 learning_rate=0.002")
+    parser.add_argument("--plain-epochs", type=int, default=PLAIN_EPOCHS, metavar="N",
+                        help=f"epochs of the plain recipe (default: {PLAIN_EPOCHS})")
     parser.add_argument("--no-torch", action="store_true",
                         help="leave out the PyTorch runner even where PyTorch is installed")
     parser.add_argument("--worker", choices=("plain", "ours", "jax", "torch"),
@@ -248,7 +250,8 @@ def main():
     args = parser.parse_args()
     overrides = parse_overrides(parser, args.set)
     if args.worker:
-        return worker(args.worker, args.data_dir, args.seed, args.target, overrides)
+        return worker(args.worker, args.data_dir, args.seed, args.target, overrides,
+                      args.plain_epochs)
 
     kinds = ["plain", "ours"] + (["jax"] if args.jax else [])
     import importlib.util
@@ -267,7 +270,8 @@ def main():
     for repeat in range(args.repeats):
         for kind in kinds:
             command = [sys.executable, __file__, "--worker", kind, "--seed", str(repeat),
-                       "--data-dir", args.data_dir, "--target", str(args.target)]
+                       "--data-dir", args.data_dir, "--target", str(args.target),
+                       "--plain-epochs", str(args.plain_epochs)]
             command += ["--set", *args.set] if args.set else []
             output = subprocess.run(command, capture_output=True, text=True, check=True,
                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

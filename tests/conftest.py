@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PICTURED, ROOT, built_once, run_cli, run_main, write_dataset
+from helpers import FAST, PICTURED, ROOT, built_once, run_cli, run_main, write_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +35,24 @@ def trained_synthetic(tmp_path_factory, synthetic_dir):
     folder = built_once(tmp_path_factory, "trained_synthetic", train)
     return folder / "out", subprocess.CompletedProcess(
         [], 0, (folder / "stdout").read_text(), (folder / "stderr").read_text())
+
+
+@pytest.fixture(scope="session")
+def jax_run(tmp_path_factory, synthetic_dir):
+    """One training run of the real CLI on Keras' JAX backend (a process of its own: Keras
+    fixes its backend when first imported), shared by the tests of that backend: a
+    distorting, deskewing committee of two, logged for TensorBoard."""
+    pytest.importorskip("jax", reason="the JAX backend needs jax (requirements-dev.txt)")
+
+    def train(folder):
+        result = run_cli("--data-dir", synthetic_dir, "--output-dir", folder / "out",
+                         "--backend", "jax", *FAST, "--augment", "elastic", "--deskew",
+                         "--committee", "2", "--tensorboard")
+        assert result.returncode == 0, result.stderr
+        (folder / "stdout").write_text(result.stdout)
+
+    folder = built_once(tmp_path_factory, "jax_run", train)
+    return folder / "out", (folder / "stdout").read_text()
 
 
 @pytest.fixture(scope="session")

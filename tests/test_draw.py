@@ -205,6 +205,20 @@ def test_oversized_and_unsized_bodies_are_refused_unread(server):
     assert request(port, "POST", "/predict", a_one())[0] == 200
 
 
+def test_a_content_length_of_a_non_ascii_digit_is_a_400(server):
+    port, _ = server  # issue #25: "²" is a digit to str.isdigit(), not to int()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest("POST", "/predict")
+        connection.putheader("Content-Length", "\xb2")
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 400
+        assert "bad Content-Length" in json.loads(response.read())["error"]
+    finally:
+        connection.close()
+
+
 def test_only_requests_to_this_server_by_its_own_name_are_answered(server):
     port, _ = server
     # A page of another site that rebinds its name to 127.0.0.1 arrives under its own name.
@@ -477,17 +491,17 @@ def test_draw_puts_back_the_signal_handlers_it_installed(trained_synthetic, caps
 
 
 @pytest.mark.slow
-def test_a_tap_leaves_a_dot_that_is_classified(browser, synthetic_model):
+def test_a_tap_leaves_a_dot_that_is_classified(browser, server):
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.by import By
 
-    with draw_server(synthetic_model) as (port, _):
-        browser.get(f"http://127.0.0.1:{port}/")
-        actions = ActionBuilder(browser)
-        actions.pointer_action.move_to(browser.find_element(By.ID, "pad"), 10, 10)
-        actions.pointer_action.pointer_down().pointer_up()
-        actions.perform()
-        shown = answer_on_page(browser)
-        # Browsers need not paint a zero-length line: a tap drawn as one left the pad blank.
-        assert shown["ink"] > 0 and "blank" not in shown["confidence"], shown
-        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    port, _ = server
+    browser.get(f"http://127.0.0.1:{port}/")
+    actions = ActionBuilder(browser)
+    actions.pointer_action.move_to(browser.find_element(By.ID, "pad"), 10, 10)
+    actions.pointer_action.pointer_down().pointer_up()
+    actions.perform()
+    shown = answer_on_page(browser)
+    # Browsers need not paint a zero-length line: a tap drawn as one left the pad blank.
+    assert shown["ink"] > 0 and "blank" not in shown["confidence"], shown
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -5,7 +5,7 @@ import pytest
 
 from digitkit import plots
 from digitkit.config import DIGITS
-from helpers import FAST, PICTURED, run_cli, run_main
+from helpers import FAST, run_main
 
 
 @pytest.mark.parametrize("split, kept", [("0.99999", 0), ("0.99", 6)])
@@ -26,14 +26,6 @@ def test_a_split_that_leaves_exactly_one_batch_trains(synthetic_dir, tmp_path):
     result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
                       "--validation-split", str(536 / 600), "--quiet", "--no-plots")
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.slow
-def test_a_quiet_deterministic_run_prints_no_framework_noise(synthetic_dir, tmp_path):
-    result = run_cli("--data-dir", synthetic_dir, "--output-dir", tmp_path, *PICTURED,
-                     "--deterministic", "--quiet")  # Matplotlib's noise too
-    assert result.returncode == 0
-    assert result.stderr == "" and result.stdout == ""
 
 
 def test_normalised_confusion_matrix_leaves_cells_no_image_reached_blank(monkeypatch, tmp_path):

@@ -214,20 +214,29 @@ def test_full_disk_is_one_line_exit_1_and_keeps_earlier_files(tmp_path, syntheti
 
 
 @pytest.mark.slow
-def test_deterministic_runs_are_identical(tmp_path, synthetic_dir):
+def test_deterministic_runs_are_identical_and_a_quiet_one_prints_nothing(tmp_path, synthetic_dir):
+    """Two real runs with --deterministic (which a process cannot switch off again), one of
+    them --quiet and drawing its pictures: the same record, history and weights, and the
+    quiet one printed nothing at all, neither a line of ours nor TensorFlow's or
+    Matplotlib's noise."""
     import keras
 
-    outs = [tmp_path / "a", tmp_path / "b"]
-    for out in outs:
-        result = run_cli("--data-dir", synthetic_dir, "--output-dir", out, "--quiet",
-                         "--deterministic", "--epochs", "2", "--hidden", "32", "16",
-                         "--dropout", "0.1", "--no-plots")
-        assert result.returncode == 0, result.stderr
+    outs = [tmp_path / "quiet", tmp_path / "loud"]
+    flags = ["--data-dir", synthetic_dir, "--deterministic", "--epochs", "2",
+             "--hidden", "32", "16", "--dropout", "0.1"]
+    quiet = run_cli(*flags, "--output-dir", outs[0], "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "" and quiet.stderr == ""
+    assert (outs[0] / "confusion_matrix.png").exists()  # it drew: Matplotlib had its chance
+    loud = run_cli(*flags, "--output-dir", outs[1], "--no-plots")
+    assert loud.returncode == 0, loud.stderr
+    assert "test accuracy" in loud.stdout
     metrics = [json.loads((out / "metrics.json").read_text()) for out in outs]
     for m in metrics:
         m.pop("timing")
         m.pop("run")  # when, and the command with its own --output-dir
-        m["config"].pop("output_dir")
+        for flag in ("output_dir", "quiet", "plots"):
+            m["config"].pop(flag)
     assert metrics[0] == metrics[1]
     assert (outs[0] / "history.csv").read_bytes() == (outs[1] / "history.csv").read_bytes()
     weights = [keras.models.load_model(out / "model.keras").get_weights() for out in outs]

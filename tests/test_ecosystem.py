@@ -27,13 +27,14 @@ def test_tensorboard_logs_open_in_tensorboards_reader(synthetic_dir, tmp_path, b
                                                       request):
     pytest.importorskip("tensorboard")
     if backend == "jax":  # the shared JAX run (a process of its own) logged for TensorBoard
-        tmp_path, stdout = request.getfixturevalue("jax_run")
+        out, stdout = request.getfixturevalue("jax_run")
     else:
-        result = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
+        out = tmp_path
+        result = run_main("--data-dir", synthetic_dir, "--output-dir", out, *FAST,
                           "--tensorboard")
         assert result.returncode == 0, result.stderr
         stdout = result.stdout
-    logs = tmp_path / "tensorboard"
+    logs = out / "tensorboard"
     assert f"tensorboard --logdir {logs}" in stdout
     run = logs / "32_seed42"
     train, accumulator = read_events(run / "train")
@@ -42,7 +43,7 @@ def test_tensorboard_logs_open_in_tensorboards_reader(synthetic_dir, tmp_path, b
         assert [step for step, _ in tags["epoch_loss"]] == [0, 1]
         assert [step for step, _ in tags["epoch_accuracy"]] == [0, 1]
     # The logged losses are the ones history.csv holds.
-    history = np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True)
+    history = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
     np.testing.assert_allclose([float(v) for _, v in train["epoch_loss"]], history["loss"],
                                rtol=1e-4)
     np.testing.assert_allclose([float(v) for _, v in validation["epoch_loss"]],

@@ -17,6 +17,7 @@ program itself.
 """
 
 import argparse
+import functools
 import io
 import sys
 import time
@@ -47,13 +48,21 @@ def stroke_alpha(digit, height, rng, thin=False):
 
 def lighting(rng, shape):
     """Light across the page: a linear fall-off in a random direction and a soft vignette."""
+    across, down, radius = page_grid(shape)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * across + np.sin(angle) * down
+    light = 1 + rng.uniform(0.3, 0.6) * ramp
+    return light * (1 - rng.uniform(0.1, 0.3) * radius)
+
+
+@functools.lru_cache(maxsize=4)
+def page_grid(shape):
+    """Each pixel's place on the page, -0.5 to 0.5 across and down (float32), and its squared
+    distance from the centre: the same for every photo, so made once."""
     height, width = shape
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * (xs / width - 0.5) + np.sin(angle) * (ys / height - 0.5))
-    light = 1 + rng.uniform(0.3, 0.6) * ramp
-    radius = ((xs / width - 0.5) ** 2 + (ys / height - 0.5) ** 2)
-    return light * (1 - rng.uniform(0.1, 0.3) * radius)
+    across, down = xs / width - 0.5, ys / height - 0.5
+    return across, down, across ** 2 + down ** 2
 
 
 def page(rng, condition):
@@ -61,7 +70,7 @@ def page(rng, condition):
     height, width = PAGE
     grey = rng.uniform(0.6, 0.85)
     tint = np.array([1.0, rng.uniform(0.96, 1.0), rng.uniform(0.88, 0.98)], np.float32)
-    paper = np.ones((height, width, 3), np.float32) * grey * tint
+    paper = np.full((height, width, 3), np.float32(grey) * tint)  # ones * grey * tint
     ink = np.full(3, rng.uniform(0.05, 0.2), np.float32)
     if condition in ("lined", "squared"):  # light blue rules, ~1-2 px, every 28-36 px
         rule = np.array([0.55, 0.65, 0.9], np.float32) * grey
@@ -104,7 +113,14 @@ def photograph(digits, rng, condition):
         coverage[y:y + h, left:left + w] = np.maximum(coverage[y:y + h, left:left + w],
                                                       alpha[:, :min(w, width - left)])
         left += w
-    photo = paper * (1 - coverage[..., None]) + ink * coverage[..., None]
+    # Ink over paper: paper * (1 - coverage) + ink * coverage, worked out only where there is
+    # ink (elsewhere it is the paper, to the bit), which is a small part of the page.
+    photo = paper.astype(np.result_type(paper, ink, coverage))
+    rows, cols = np.flatnonzero(coverage.any(axis=1)), np.flatnonzero(coverage.any(axis=0))
+    if len(rows):  # none on a blank page
+        inked = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        under = coverage[inked][..., None]
+        photo[inked] = paper[inked] * (1 - under) + ink * under
     photo = photo * lighting(rng, (height, width))[..., None]
     if condition == "shadow":  # a hand's or phone's shadow over one corner
         ys, xs = np.mgrid[0:height, 0:width]
@@ -113,8 +129,8 @@ def photograph(digits, rng, condition):
             ImageFilter.GaussianBlur(15)), np.float32) / 255
         photo = photo * (1 - 0.45 * soft[..., None])
     if condition not in ("clean",):
-        photo = photo + rng.normal(0, rng.uniform(0.025, 0.05), photo.shape)  # sensor noise
-    image = Image.fromarray(np.uint8(np.clip(photo, 0, 1) * 255), "RGB")
+        photo += rng.normal(0, rng.uniform(0.025, 0.05), photo.shape)  # sensor noise
+    image = Image.fromarray(np.uint8(np.clip(photo, 0, 1, out=photo) * 255), "RGB")
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.2)))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=int(rng.integers(70, 92)))

@@ -1,13 +1,16 @@
 """Fixtures: synthetic IDX data, short training runs shared by many tests, the real MNIST and
 Fashion-MNIST files. The helpers they use are in helpers.py."""
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import FAST, PICTURED, ROOT, built_once, run_cli, run_main, write_dataset
+from helpers import (FAST, PICTURED, ROOT, built_once, cli_environment, run_cli, run_main,
+                     write_dataset)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +38,46 @@ def trained_synthetic(tmp_path_factory, synthetic_dir):
     folder = built_once(tmp_path_factory, "trained_synthetic", train)
     return folder / "out", subprocess.CompletedProcess(
         [], 0, (folder / "stdout").read_text(), (folder / "stderr").read_text())
+
+
+# What a fresh process holds after one training run on TensorFlow, as a user's run leaves it
+# (TensorFlow takes thread settings, and a library's imports happen, only once a process).
+FRESH_RUN = """
+import importlib, importlib.util, json, sys
+import digit_classifier
+status = digit_classifier.main(sys.argv[1:])
+import tensorflow as tf
+def loaded(*names):
+    return [name for name in names if name in sys.modules]
+facts = dict(status=status,
+             inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+             trained=loaded("jax", "sklearn", "pandas", "cv2", "matplotlib", "scipy.stats"),
+             exporters=loaded("tf2onnx", "onnx", "onnxruntime", "ai_edge_litert"))
+from digitkit import plots
+facts.update(drawing=loaded("jax", "scipy.stats"), seaborn=plots.sns.__name__)
+for name in ("jax", "sklearn", "pandas", "cv2", "matplotlib.pyplot", "scipy.stats"):
+    if importlib.util.find_spec(name.split(".")[0]):
+        importlib.import_module(name)  # left out of the run, yet importable after it
+facts["importable"] = True
+print(json.dumps(facts))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh_run(tmp_path_factory, synthetic_dir):
+    """The facts FRESH_RUN prints: a short training run (--no-plots) in a process of its own,
+    then what that process holds. One process serves every test that asks about a fresh
+    start: its threads, the libraries it loaded, and those it did not."""
+    def train(folder):
+        result = subprocess.run(
+            [sys.executable, "-c", FRESH_RUN, "--data-dir", str(synthetic_dir),
+             "--output-dir", str(folder / "out"), *FAST, "--quiet"],
+            capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_environment())
+        assert result.returncode == 0, result.stderr
+        (folder / "facts.json").write_text(result.stdout.splitlines()[-1])
+
+    return json.loads((built_once(tmp_path_factory, "fresh_run", train) / "facts.json")
+                      .read_text())
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from digitkit import data
-from helpers import FAST, ROOT, cli_environment, run_main, synthetic_digits
+from helpers import FAST, ROOT, built_once, cli_environment, run_main, synthetic_digits
 
 FILES = {"onnx": "model.onnx", "litert": "model.tflite", "savedmodel": "savedmodel"}
 
@@ -48,15 +48,23 @@ def test_each_export_answers_as_keras_on_1000_real_test_images(trained_mnist, mn
     assert about["check"]["checked"] and about["check"]["largest_difference"] <= 1e-4
 
 
+@pytest.fixture(scope="session")
+def committee(tmp_path_factory, synthetic_dir):
+    """A committee of two trained on the synthetic data: one model for every format."""
+    def train(folder):
+        trained = run_main("--data-dir", synthetic_dir, "--output-dir", folder / "out", *FAST,
+                           "--committee", "2", "--quiet")
+        assert trained.returncode == 0, trained.stderr
+
+    return built_once(tmp_path_factory, "committee", train) / "out" / "model.keras"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("export_format", ["onnx", "litert"])
-def test_a_committee_exports_and_answers_as_keras(synthetic_dir, tmp_path, export_format):
-    trained = run_main("--data-dir", synthetic_dir, "--output-dir", tmp_path, *FAST,
-                       "--committee", "2", "--no-plots", "--quiet")
-    assert trained.returncode == 0, trained.stderr
+def test_a_committee_exports_and_answers_as_keras(committee, tmp_path, export_format):
     images, _ = synthetic_digits(300, seed=9)
-    got, expected = exported_answers(tmp_path / "model.keras", tmp_path / "export",
-                                     export_format, (images / 255).astype(np.float32))
+    got, expected = exported_answers(committee, tmp_path / "export", export_format,
+                                     (images / 255).astype(np.float32))
     np.testing.assert_array_equal(got.argmax(axis=1), expected.argmax(axis=1))
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
@@ -121,12 +129,6 @@ def test_help_and_usage_errors_import_no_export_package(argv):
 
 
 @pytest.mark.slow
-def test_a_training_run_imports_no_export_package(synthetic_dir, tmp_path):
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sys, json, digit_classifier\n"
-         "status = digit_classifier.main(sys.argv[1:])\n"
-         "print(json.dumps([status] + [m for m in ('tf2onnx', 'onnx', 'onnxruntime', "
-         "'ai_edge_litert') if m in sys.modules]))",
-         "--data-dir", str(synthetic_dir), "--output-dir", str(tmp_path), *FAST, "--quiet"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_environment())
-    assert json.loads(probe.stdout.splitlines()[-1]) == [0], probe.stderr
+def test_a_training_run_imports_no_export_package(fresh_run):
+    assert fresh_run["status"] == 0  # conftest.FRESH_RUN: a training run in its own process
+    assert fresh_run["exporters"] == []

@@ -71,7 +71,8 @@ def test_sigint_stops_gracefully_and_writes_reports(tmp_path, synthetic_dir):
 @pytest.mark.slow
 def test_sigterm_is_handled_like_sigint(tmp_path, synthetic_dir):
     out = tmp_path / "out"
-    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, "--quiet", *LONG)
+    process = start_cli("--data-dir", synthetic_dir, "--output-dir", out, "--quiet", *LONG,
+                        "--no-plots")  # the reports' pictures: the SIGINT test's
     wait_for_epochs(out, 1, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)

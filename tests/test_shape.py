@@ -109,23 +109,16 @@ def test_the_modules_used_before_the_backend_is_chosen_load_no_framework(module)
 
 
 @pytest.mark.slow
-def test_a_tensorflow_run_loads_only_what_it_uses_yet_the_rest_stays_importable():
+def test_a_tensorflow_run_loads_only_what_it_uses_yet_the_rest_stays_importable(fresh_run):
     # TensorFlow imports JAX at start-up when it is installed, Keras scikit-learn, pandas,
     # OpenCV and Matplotlib, Seaborn SciPy's statistics; a run on TensorFlow needs none of
-    # them to start, and draws its pictures without JAX or SciPy's statistics (about 2 s of
-    # every run: docs/performance.md).
+    # them, and draws its pictures without JAX or SciPy's statistics (about 2 s of every
+    # run: docs/performance.md). The run is conftest.FRESH_RUN's, in a process of its own.
     pytest.importorskip("jax", reason="only a machine with JAX installed shows the difference")
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sys, json; from digitkit import backend, config; "
-         "backend.start(config.Config()); "
-         "started = [m for m in ('jax', 'sklearn', 'pandas', 'cv2', 'matplotlib') "
-         "if m in sys.modules]; from digitkit import plots; "
-         "drawing = [m for m in ('jax', 'scipy.stats') if m in sys.modules]; "
-         "import jax, sklearn, pandas, cv2, matplotlib.pyplot, scipy.stats; "
-         "print(json.dumps([started, drawing, plots.sns.__name__]))"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert probe.returncode == 0, probe.stderr
-    assert json.loads(probe.stdout.splitlines()[-1]) == [[], [], "seaborn"]
+    assert fresh_run["status"] == 0
+    assert fresh_run["trained"] == []
+    assert fresh_run["drawing"] == [] and fresh_run["seaborn"] == "seaborn"
+    assert fresh_run["importable"]
 
 
 def test_import_without_lets_a_library_take_its_fallback_and_needs_no_fallback_of_its_own(

@@ -393,19 +393,17 @@ def test_a_deskewing_model_deskews_in_use_and_after_loading(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_network_runs_one_op_at_a_time_on_a_cpu_and_a_committee_side_by_side():
-    # A fresh process each, since TensorFlow takes thread settings only before it starts.
-    def inter_op_threads(committee):
-        check = subprocess.run([sys.executable, "-c", (
-            "import sys; from digitkit import backend; from digitkit.config import Config; "
-            "backend.start(Config(committee=int(sys.argv[1]))); import tensorflow as tf; "
-            "print(tf.config.threading.get_inter_op_parallelism_threads())"), str(committee)],
-            capture_output=True, text=True, timeout=120, cwd=Path(dc.__file__).parent)
-        assert check.returncode == 0, check.stderr
-        return int(check.stdout.split()[-1])
-
-    assert inter_op_threads(1) == 1
-    assert inter_op_threads(3) == 0  # TensorFlow's default: independent members side by side
+def test_one_network_runs_one_op_at_a_time_on_a_cpu_and_a_committee_side_by_side(fresh_run):
+    # A fresh process each, since TensorFlow takes thread settings only before it starts:
+    # conftest.FRESH_RUN's for one network, this one's for a committee.
+    check = subprocess.run([sys.executable, "-c", (
+        "from digitkit import backend; from digitkit.config import Config; "
+        "backend.start(Config(committee=3)); import tensorflow as tf; "
+        "print(tf.config.threading.get_inter_op_parallelism_threads())")],
+        capture_output=True, text=True, timeout=120, cwd=Path(dc.__file__).parent)
+    assert check.returncode == 0, check.stderr
+    assert fresh_run["inter_op_threads"] == 1
+    assert int(check.stdout.split()[-1]) == 0  # TensorFlow's default: members side by side
 
 
 def test_committee_trains_each_member_on_its_own_loss_and_averages_them():

@@ -42,7 +42,7 @@ def test_compare_writes_three_files_with_one_row_per_spec(tmp_path, synthetic_di
 @pytest.mark.slow
 def test_repeats_on_a_single_run_report_mean_and_std(tmp_path, synthetic_dir):
     result = run_main("--repeats", "3", "--epochs", "1", "--hidden", "16", "--batch-size", "64",
-                      "--data-dir", synthetic_dir, "--output-dir", tmp_path)
+                      "--data-dir", synthetic_dir, "--output-dir", tmp_path, "--no-plots")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     repeats = metrics["repeats"]

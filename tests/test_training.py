@@ -432,7 +432,7 @@ def test_committee_run_saves_a_plain_keras_model_and_evaluates_it_again(tmp_path
     out = tmp_path / "out"
     result = run_main("--data-dir", synthetic_dir, "--output-dir", out, "--augment", "elastic",
                       "--deskew", "--committee", "2", "--epochs", "2",
-                      "--hidden", "16", "--batch-size", "64")
+                      "--hidden", "16", "--batch-size", "64", "--no-plots")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["committee"] == 2 and metrics["config"]["augment"] == "elastic"

@@ -10,6 +10,7 @@
 #     "opencv-python-headless>=4.10,<6",
 #     "tensorboard>=2.16,<2.22",
 #     "optuna>=5.0,<6",
+#     "ml_dtypes>=0.5.1,<0.7",
 # ]
 # ///
 """Train a dense neural network on MNIST (or Fashion-MNIST), evaluate it, and report.

@@ -43,13 +43,13 @@ def trained_synthetic(tmp_path_factory, synthetic_dir):
 # What a fresh process holds after one training run on TensorFlow, as a user's run leaves it
 # (TensorFlow takes thread settings, and a library's imports happen, only once a process).
 FRESH_RUN = """
-import importlib, importlib.util, json, sys
+import gc, importlib, importlib.util, json, sys
 import digit_classifier
 status = digit_classifier.main(sys.argv[1:])
 import tensorflow as tf
 def loaded(*names):
     return [name for name in names if name in sys.modules]
-facts = dict(status=status,
+facts = dict(status=status, collecting=gc.isenabled(),
              inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
              trained=loaded("jax", "sklearn", "pandas", "cv2", "matplotlib", "scipy.stats"),
              exporters=loaded("tf2onnx", "onnx", "onnxruntime", "ai_edge_litert"))

@@ -116,6 +116,7 @@ def test_a_tensorflow_run_loads_only_what_it_uses_yet_the_rest_stays_importable(
     # run: docs/performance.md). The run is conftest.FRESH_RUN's, in a process of its own.
     pytest.importorskip("jax", reason="only a machine with JAX installed shows the difference")
     assert fresh_run["status"] == 0
+    assert fresh_run["collecting"]  # the collector, paused while Keras imported, runs again
     assert fresh_run["trained"] == []
     assert fresh_run["drawing"] == [] and fresh_run["seaborn"] == "seaborn"
     assert fresh_run["importable"]
@@ -137,3 +138,23 @@ def test_import_without_lets_a_library_take_its_fallback_and_needs_no_fallback_o
     assert required.shape_optional_dep.VALUE == 1  # a library that needs it still gets it
     for name in ("shape_optional_dep", "shape_lib_optional", "shape_lib_required"):
         sys.modules.pop(name, None)
+
+
+def test_the_collector_is_paused_while_keras_imports_and_what_it_made_is_frozen():
+    import gc
+
+    from digitkit.backend import collection_paused
+
+    made = []
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        frozen = gc.get_freeze_count()
+        try:
+            with pytest.raises(ImportError), collection_paused():
+                assert not gc.isenabled()
+                made.append([[] for _ in range(100)])  # tracked objects, to be frozen
+                raise ImportError("a failed import restores the collector too")
+            assert gc.isenabled() is enabled
+            assert gc.get_freeze_count() >= frozen + 100
+        finally:
+            gc.enable()

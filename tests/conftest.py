@@ -21,9 +21,9 @@ def pytest_sessionstart(session):
     config = session.config
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
-    from digitkit.backend import collection_paused
+    from digitkit.backend import NativeStderrSilenced, collection_paused
 
-    with collection_paused():
+    with NativeStderrSilenced(), collection_paused():  # no capture yet: TensorFlow's notices
         import keras  # noqa: F401
 
 

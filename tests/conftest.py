@@ -14,17 +14,17 @@ from helpers import (FAST, PICTURED, ROOT, built_once, cli_environment, run_cli,
 
 
 def pytest_sessionstart(session):
-    """Keras imported as a run's start imports it (digitkit.backend.collection_paused), before
+    """Keras imported as a run's start imports it (digitkit.backend.imported_once), before
     the test modules import it at their top: no garbage collection in the tests then walks
     TensorFlow's millions of start-up objects (an in-process training run about a fifth
     faster). pytest-xdist's controller runs no test, and imports nothing."""
     config = session.config
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
-    from digitkit.backend import NativeStderrSilenced, collection_paused
+    from digitkit.backend import NativeStderrSilenced, imported_once
 
-    with NativeStderrSilenced(), collection_paused():  # no capture yet: TensorFlow's notices
-        import keras  # noqa: F401
+    with NativeStderrSilenced():  # pytest captures nothing yet: TensorFlow's notices
+        imported_once("keras", [])
 
 
 @pytest.fixture(autouse=True)

@@ -17,9 +17,12 @@ class StopSignals:
     run then evaluates and reports the model as it stands; with at_once_until_trained, one
     that comes before the first batch has trained stops at once instead (there is nothing
     new to evaluate). Anywhere else (during="build", "reports"), the first stops the run at
-    once (exit 130); no file is left half-written, as every file is written atomically. A KeyboardInterrupt can be lost on its way (one raised
-    inside a garbage-collection callback, such as JAX's, is only printed as "ignored"), so
-    leaving the block raises it again if a signal came and nothing was raised.
+    once (exit 130); no file is left half-written, as every file is written atomically.
+    A KeyboardInterrupt can be lost on its way (one raised inside a garbage-collection
+    callback, such as JAX's, is only printed as "ignored") or come out as another error (one
+    raised while TensorFlow's C++ code calls back into Python becomes a SystemError, then a
+    TypeError), so once such a signal came, leaving the block raises KeyboardInterrupt
+    whatever else was raised.
     """
 
     def __init__(self, during="training", at_once_until_trained=False):
@@ -38,8 +41,9 @@ class StopSignals:
         """Restore the previous handlers; stop now if a stop-at-once signal got lost."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        if (self.during != "training" or not self.trained) and self.received and exc_type is None:
-            raise KeyboardInterrupt
+        at_once = self.during != "training" or not self.trained
+        if at_once and self.received and not (exc_type and issubclass(exc_type, KeyboardInterrupt)):
+            raise KeyboardInterrupt from exc  # the stop asked for, not what became of it
 
     def _handle(self, signum, frame):
         """First signal: stop as this phase allows; second: exit now."""

@@ -349,3 +349,18 @@ def test_a_stop_at_once_is_not_lost_when_its_interrupt_is_swallowed():
                 time.sleep(1)  # the handler raises in here
             except KeyboardInterrupt:
                 pass  # dropped, as Python drops one raised in a gc callback (JAX has one)
+
+
+def test_a_stop_at_once_whose_interrupt_comes_out_as_another_error_still_stops():
+    # A KeyboardInterrupt raised while TensorFlow's C++ code calls back into Python comes out
+    # of it as a SystemError, then a TypeError (seen on Python 3.13: a Ctrl-C while fit()
+    # began on a large model ended in a traceback and exit 1 instead of "interrupted", 130).
+    with pytest.raises(KeyboardInterrupt):
+        with StopSignals(at_once_until_trained=True):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler raises in here
+            except KeyboardInterrupt:
+                raise TypeError("as TensorFlow's _pywrap_utils.Flatten passes it on") \
+                    from SystemError("<built-in function __import__> returned a result "
+                                     "with an exception set")

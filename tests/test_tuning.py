@@ -473,38 +473,52 @@ def test_every_database_call_optunas_cache_makes_waits_out_a_restart():
     assert not impatient
 
 
+# A worker of the race below: Optuna imported once, then for each round: ready, wait for the
+# signal, open that round's new study at once with the others.
 OPEN_WHEN_TOLD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from digitkit import tuning
-go = Path(sys.argv[3])
-Path(sys.argv[4]).touch()  # ready: Optuna imported
-while not go.exists():  # all start together
-    time.sleep(0.002)
-tuning.create_or_join(sys.argv[2], "together", embedded=False)
-print("opened")
+folder, worker, rounds = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+for round_ in range(rounds):
+    go = folder / f"go{round_}"
+    (folder / f"ready{round_}-{worker}").touch()
+    while not go.exists():  # all start together
+        time.sleep(0.002)
+    tuning.create_or_join(f"sqlite:///{folder / f'shared{round_}.db'}", "together",
+                          embedded=False)
+    print("opened", round_, flush=True)
 """
 
 
 @pytest.mark.slow
 def test_workers_opening_a_new_sqlite_study_at_once_all_get_it(tmp_path):
+    """Four processes open a new study in a new SQLite file at the same instant, four times
+    (four files): every one of them gets the study, every time."""
     from helpers import ROOT
 
-    for round_ in range(4):
-        database, go = tmp_path / f"shared{round_}.db", tmp_path / f"go{round_}"
-        ready = [tmp_path / f"ready{round_}-{i}" for i in range(4)]
-        workers = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_TOLD, str(ROOT),
-                                     f"sqlite:///{database}", str(go), str(flag)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for flag in ready]
-        deadline = time.monotonic() + 120  # bounds a hang
-        while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        go.touch()
+    rounds, count = 4, 4
+    workers = [subprocess.Popen([sys.executable, "-c", OPEN_WHEN_TOLD, str(ROOT), str(tmp_path),
+                                 str(i), str(rounds)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(count)]
+    try:
+        for round_ in range(rounds):
+            ready = [tmp_path / f"ready{round_}-{i}" for i in range(count)]
+            deadline = time.monotonic() + 120  # bounds a hang
+            while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+                if any(worker.poll() is not None for worker in workers):
+                    break  # one failed: its output below says why
+                time.sleep(0.01)
+            (tmp_path / f"go{round_}").touch()
         outputs = [worker.communicate(timeout=120) for worker in workers]
-        for worker, (stdout, stderr) in zip(workers, outputs):
-            assert (worker.returncode, stdout, stderr) == (0, "opened\n", ""), round_
+    finally:
+        for worker in workers:
+            worker.kill()
+    opened = "".join(f"opened {round_}\n" for round_ in range(rounds))
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert (worker.returncode, stdout, stderr) == (0, opened, "")
 
 
 @pytest.mark.slow

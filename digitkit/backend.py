@@ -55,7 +55,9 @@ def start(config):
         with NativeStderrSilenced():
             keras = imported_once("keras", unused)
 
-            if config.backend == "tensorflow":
+            # Another backend needs TensorFlow only for --tensorboard's summary writer: then it
+            # is imported here, its notices silenced, rather than in the middle of fit().
+            if config.backend == "tensorflow" or config.tensorboard:
                 import tensorflow as tf
 
                 tf.config.list_physical_devices()  # the CUDA probe that logs on CPU machines
@@ -69,7 +71,10 @@ def start(config):
         raise RunError(f"Keras was already imported with the {keras.backend.backend()} backend")
     if config.backend == "tensorflow" and config.committee == 1:
         one_op_at_a_time()
-    keras.utils.set_random_seed(config.seed)
+    # Keras seeds TensorFlow too whenever it is installed, for tf.data pipelines, importing it
+    # if need be: about 3 s of a JAX run's start, for a generator it never draws from.
+    with import_blocked([] if config.backend == "tensorflow" else ["tensorflow"]):
+        keras.utils.set_random_seed(config.seed)
     if config.deterministic and config.backend == "tensorflow":
         tf.config.experimental.enable_op_determinism()
     return keras
@@ -113,17 +118,27 @@ def import_without(module, unused):
     package, so the library takes its own fallback; afterwards the names are importable
     again. Should a library need one of them after all, it is imported the normal way.
     """
-    blocked = [name for name in unused if name not in sys.modules]
-    sys.modules.update(dict.fromkeys(blocked, None))
     try:
-        return importlib.import_module(module)
+        with import_blocked(unused):
+            return importlib.import_module(module)
     except ImportError:
         pass
+    return importlib.import_module(module)
+
+
+@contextlib.contextmanager
+def import_blocked(names):
+    """In the block, importing one of the named modules that is not yet imported fails at
+    once, as for a missing package (its name set to None in sys.modules); afterwards the
+    names are importable again."""
+    blocked = [name for name in names if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked, None))
+    try:
+        yield
     finally:
         for name in blocked:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
-    return importlib.import_module(module)
 
 
 def one_op_at_a_time():

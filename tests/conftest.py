@@ -106,6 +106,8 @@ def jax_run(tmp_path_factory, synthetic_dir):
                          "--backend", "jax", *FAST, "--augment", "elastic", "--deskew",
                          "--committee", "2", "--tensorboard")
         assert result.returncode == 0, result.stderr
+        # Nothing on stderr: not even the notices of TensorFlow, which --tensorboard imports.
+        assert result.stderr == "", result.stderr
         (folder / "stdout").write_text(result.stdout)
 
     folder = built_once(tmp_path_factory, "jax_run", train)

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, SCRIPT
+from helpers import ROOT, SCRIPT, cli_environment
 
 PACKAGE = ROOT / "digitkit"
 # Imported before the flags chose Keras' backend: they must not load Keras or its friends.
@@ -120,6 +120,29 @@ def test_a_tensorflow_run_loads_only_what_it_uses_yet_the_rest_stays_importable(
     assert fresh_run["trained"] == []
     assert fresh_run["drawing"] == [] and fresh_run["seaborn"] == "seaborn"
     assert fresh_run["importable"]
+
+
+JAX_START = """
+import json, sys
+from digitkit import backend
+from digitkit.config import Config
+keras = backend.start(Config(backend="jax"))
+x = keras.random.uniform((2,), seed=keras.random.SeedGenerator(1))
+print(json.dumps(dict(backend=keras.backend.backend(), tensorflow="tensorflow" in sys.modules)))
+"""
+
+
+@pytest.mark.slow
+def test_a_jax_start_imports_no_tensorflow_and_prints_nothing():
+    """Keras seeds TensorFlow too whenever it is installed, importing it: about 3 s of a JAX
+    run's start, and TensorFlow's C++ notices on its stderr. start() keeps it out (with
+    --tensorboard, which needs it, it imports it quietly itself)."""
+    pytest.importorskip("jax", reason="the JAX backend needs jax (requirements-dev.txt)")
+    probe = subprocess.run([sys.executable, "-c", JAX_START], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT, env=cli_environment())
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout) == dict(backend="jax", tensorflow=False)
+    assert probe.stderr == ""
 
 
 def test_import_without_lets_a_library_take_its_fallback_and_needs_no_fallback_of_its_own(

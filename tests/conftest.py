@@ -157,13 +157,7 @@ REAL_DATA = {"mnist_dir", "fashion_dir", "trained_mnist"}
 
 
 def pytest_collection_modifyitems(items):
-    """Tests on the real datasets are slow ones too: they train or read 70,000 images.
-
-    The slow tests run first, the quick ones last (each group in file order): pytest-xdist
-    hands each worker a part of this list and an idle worker takes the end of a busy one's,
-    so the run ends on tests of a second or less, which even out between the workers,
-    instead of one worker finishing a long test alone."""
+    """Tests on the real datasets are slow ones too: they train or read 70,000 images."""
     for item in items:
         if REAL_DATA & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -72,8 +72,9 @@ def start(config):
     if config.backend == "tensorflow" and config.committee == 1:
         one_op_at_a_time()
     # Keras seeds TensorFlow too whenever it is installed, for tf.data pipelines, importing it
-    # if need be: about 3 s of a JAX run's start, for a generator it never draws from.
-    with import_blocked([] if config.backend == "tensorflow" else ["tensorflow"]):
+    # if need be: about 3 s of a JAX run's start, for a generator it never draws from. Where
+    # TensorFlow is already imported (its backend, --tensorboard), it is seeded as before.
+    with import_blocked(["tensorflow"]):
         keras.utils.set_random_seed(config.seed)
     if config.deterministic and config.backend == "tensorflow":
         tf.config.experimental.enable_op_determinism()
